@@ -1,0 +1,409 @@
+//! Generates the command tables (`OUT_DIR/cmd_tables.rs`) from the data files in `data/`.
+//!
+//! Sources, in order of precedence for each generation:
+//! 1. `data/gen{8,9}-commands.csv`: one row per Mesa genxml instruction (lengths, engines, address fields);
+//! 2. `data/gvt-cmd-table.csv`: commands Linux GVT-g knows that genxml lacks (VEBOX, a few MI/3D/MFX);
+//! 3. `data/blitter-commands.csv`: the 2D (XY_*) commands, which genxml does not describe for Gen8/9.
+//!
+//! The output is, per generation, a descriptor array and one direct-index table per decode class
+//! (MI by bits 28:23, 2D by bits 28:22, render / video / VEBox by bits 28:16), so a lookup is one
+//! shift, one mask and one load. A data error (two commands claiming the same encoding on one
+//! engine) fails the build.
+
+// Build-time code over the crate's own data files: a malformed row should stop the build loudly.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::Path;
+
+const RCS: u8 = 1;
+const BCS: u8 = 2;
+const VCS: u8 = 4;
+const VCS2: u8 = 8;
+const VECS: u8 = 16;
+const ALL: u8 = RCS | BCS | VCS | VCS2 | VECS;
+
+fn parse_csv(text: &str) -> Vec<BTreeMap<String, String>> {
+    let mut rows = Vec::new();
+    let mut records = Vec::new();
+    let mut field = String::new();
+    let mut record = Vec::new();
+    let mut quoted = false;
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        match (c, quoted) {
+            ('"', true) if chars.peek() == Some(&'"') => {
+                chars.next();
+                field.push('"');
+            }
+            ('"', _) => quoted = !quoted,
+            (',', false) => record.push(std::mem::take(&mut field)),
+            ('\n', false) => {
+                record.push(std::mem::take(&mut field));
+                records.push(std::mem::take(&mut record));
+            }
+            ('\r', false) => {}
+            _ => field.push(c),
+        }
+    }
+    if !field.is_empty() || !record.is_empty() {
+        record.push(field);
+        records.push(record);
+    }
+    let mut it = records.into_iter();
+    let header = it.next().expect("csv header");
+    for rec in it {
+        if rec.len() == 1 && rec[0].is_empty() {
+            continue;
+        }
+        assert_eq!(rec.len(), header.len(), "csv row {rec:?}");
+        rows.push(header.iter().cloned().zip(rec).collect());
+    }
+    rows
+}
+
+fn hex(s: &str) -> u32 {
+    u32::from_str_radix(s.trim().trim_start_matches("0x"), 16).unwrap_or_else(|_| panic!("hex `{s}`"))
+}
+
+fn engines_of(s: &str) -> u8 {
+    let mut m = 0;
+    for part in s.split('|').map(str::trim) {
+        m |= match part {
+            "render" | "RCS" => RCS,
+            "blitter" | "BCS" => BCS,
+            "video" => VCS | VCS2,
+            "VCS" => VCS,
+            "VCS2" => VCS2,
+            "VECS" | "vebox" => VECS,
+            "any" => ALL,
+            "" => 0,
+            other => panic!("engine `{other}`"),
+        };
+    }
+    m
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Class {
+    Mi,
+    TwoD,
+    Render,
+    Video,
+    Vebox,
+}
+
+#[derive(Clone, Debug)]
+struct Desc {
+    name: String,
+    mask: u32,
+    value: u32,
+    length: String,
+    engines: u8,
+    handler: &'static str,
+    addrs: Vec<String>,
+    source: &'static str,
+}
+
+fn handler_for(name: &str) -> &'static str {
+    match name {
+        "MI_USER_INTERRUPT" => "Handler::UserInterrupt",
+        "MI_WAIT_FOR_EVENT" => "Handler::WaitForEvent",
+        "MI_REPORT_HEAD" => "Handler::ReportHead",
+        "MI_BATCH_BUFFER_END" => "Handler::BbEnd",
+        "MI_BATCH_BUFFER_START" => "Handler::BbStart",
+        "MI_CONDITIONAL_BATCH_BUFFER_END" => "Handler::CondBbEnd",
+        "MI_LOAD_REGISTER_IMM" => "Handler::Lri",
+        "MI_LOAD_REGISTER_MEM" => "Handler::Lrm",
+        "MI_STORE_REGISTER_MEM" => "Handler::Srm",
+        "MI_LOAD_REGISTER_REG" => "Handler::Lrr",
+        "MI_STORE_DATA_IMM" => "Handler::StoreDataImm",
+        "MI_FLUSH_DW" => "Handler::FlushDw",
+        "PIPE_CONTROL" => "Handler::PipeControl",
+        "MI_ATOMIC" | "MI_OP_2F" => "Handler::Atomic",
+        "MI_SEMAPHORE_WAIT" => "Handler::SemaphoreWait",
+        "MI_COPY_MEM_MEM" | "MI_OP_2E" => "Handler::CopyMemMem",
+        "MI_REPORT_PERF_COUNT" => "Handler::ReportPerfCount",
+        "MI_LOAD_URB_MEM" | "MI_STORE_URB_MEM" | "MI_STORE_URM_MEM" => "Handler::UrbMem",
+        "MI_RS_STORE_DATA_IMM" => "Handler::RsStoreDataImm",
+        "MI_SET_CONTEXT" => "Handler::Reject(Rejection::SetContext)",
+        "MI_UPDATE_GTT" => "Handler::Reject(Rejection::UpdateGtt)",
+        "MI_DISPLAY_FLIP" => "Handler::Reject(Rejection::DisplayFlip)",
+        "MI_LOAD_SCAN_LINES_INCL" | "MI_LOAD_SCAN_LINES_EXCL" => "Handler::Reject(Rejection::ScanLines)",
+        "MI_STORE_DATA_INDEX" => "Handler::Reject(Rejection::StoreDataIndex)",
+        "MI_CLFLUSH" => "Handler::Reject(Rejection::ClFlush)",
+        "XY_SRC_COPY_BLT" => "Handler::Blit(BlitKind::SrcCopy)",
+        "XY_FAST_COPY_BLT" => "Handler::Blit(BlitKind::FastCopy)",
+        "XY_COLOR_BLT" => "Handler::Blit(BlitKind::ColorFill)",
+        n if n.starts_with("XY_") || n.ends_with("_BLT") => "Handler::Blit(BlitKind::Opaque)",
+        _ => "Handler::Generic",
+    }
+}
+
+/// `Name@dwD[hi:lo]/address`, `Name[i]@dwD[hi:lo]+S*i/address (i<N)` or `(i>=0,repeats to end)`.
+fn parse_addr_fields(s: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for f in s.split("; ").filter(|f| !f.is_empty()) {
+        if !f.contains("/address") {
+            continue;
+        }
+        let at = f.rfind("@dw").expect("@dw");
+        let rest = &f[at + 3..];
+        let lb = rest.find('[').expect("[");
+        let dword: u32 = rest[..lb].parse().expect("dword");
+        let rb = rest.find(']').expect("]");
+        let (hi, lo) = rest[lb + 1..rb].split_once(':').expect(":");
+        let (hi, lo): (u32, u32) = (hi.parse().expect("hi"), lo.parse().expect("lo"));
+        let after = &rest[rb + 1..];
+        let (stride, count) = if let Some(p) = after.strip_prefix('+') {
+            let star = p.find('*').expect("*");
+            let stride: u32 = p[..star].parse().expect("stride");
+            let count = if p.contains("repeats to end") {
+                0
+            } else {
+                let lt = p.find("(i<").expect("(i<");
+                let end = p[lt..].find(')').expect(")") + lt;
+                p[lt + 3..end].parse().expect("count")
+            };
+            (stride, count)
+        } else {
+            (0, 1)
+        };
+        // A field split as `X@dw2[31:6]` + `X High@dw3[31:0]` is one 64-bit address; keep only the low part.
+        if f.contains("High@") || f.contains("Address High") {
+            continue;
+        }
+        let name = f[..at].replace('"', "");
+        out.push(format!(
+            "AddrField {{ name: {name:?}, dword: {dword}, lo: {lo}, hi: {hi}, stride: {stride}, count: {count} }}"
+        ));
+    }
+    out
+}
+
+fn class_of(command_type: u32, engines: u8) -> Vec<Class> {
+    match command_type {
+        0 => vec![Class::Mi],
+        2 => vec![Class::TwoD],
+        3 => {
+            let mut v = Vec::new();
+            if engines & RCS != 0 {
+                v.push(Class::Render);
+            }
+            if engines & (VCS | VCS2) != 0 {
+                v.push(Class::Video);
+            }
+            if engines & VECS != 0 {
+                v.push(Class::Vebox);
+            }
+            v
+        }
+        t => panic!("command type {t}"),
+    }
+}
+
+fn key_space(c: Class) -> (u32, u32) {
+    // (shift, bits) of the direct index for a decode class.
+    match c {
+        Class::Mi => (23, 6),
+        Class::TwoD => (22, 7),
+        Class::Render | Class::Video | Class::Vebox => (16, 13),
+    }
+}
+
+fn type_bits(c: Class) -> u32 {
+    match c {
+        Class::Mi => 0,
+        Class::TwoD => 2 << 29,
+        _ => 3 << 29,
+    }
+}
+
+fn gen_tables(gen: u32, data: &Path, out: &mut String) {
+    let genxml = parse_csv(&std::fs::read_to_string(data.join(format!("gen{gen}-commands.csv"))).unwrap());
+    let gvt = parse_csv(&std::fs::read_to_string(data.join("gvt-cmd-table.csv")).unwrap());
+    let blt = parse_csv(&std::fs::read_to_string(data.join("blitter-commands.csv")).unwrap());
+
+    let mut descs: Vec<(Desc, Vec<Class>)> = Vec::new();
+    for r in &genxml {
+        let ty: u32 = r["command_type"].parse().unwrap();
+        let mut engines = engines_of(&r["engine"]) | engines_of(&r["gvt_rings"]);
+        // SFC units sit behind a VDBox or the VEBox; media drivers program them from either engine.
+        if r["name"].starts_with("SFC_") {
+            engines |= VECS;
+        }
+        let bias: u32 = r["bias"].parse().unwrap();
+        let length = if r["has_length_field"] == "yes" {
+            let (hi, lo) = r["length_field_bits"].split_once(':').unwrap();
+            assert_eq!(lo, "0");
+            let hi: u32 = hi.parse().unwrap();
+            format!("Length::Field {{ mask: {:#x}, bias: {bias} }}", (1u32 << (hi + 1)) - 1)
+        } else {
+            format!("Length::Fixed({})", r["xml_length_dw"])
+        };
+        let d = Desc {
+            name: r["name"].clone(),
+            mask: hex(&r["header_mask"]),
+            value: hex(&r["header_value"]),
+            length,
+            engines,
+            handler: handler_for(&r["name"]),
+            addrs: parse_addr_fields(&r["address_fields"]),
+            source: "genxml",
+        };
+        descs.push((d, class_of(ty, engines)));
+    }
+    let gen_devices: &[&str] = if gen == 8 { &["BDW"] } else { &["SKL", "KBL", "CFL"] };
+    for r in &gvt {
+        if !r["devices"].split('|').any(|d| gen_devices.contains(&d)) {
+            continue;
+        }
+        let value = hex(&r["header_value"]);
+        let ty = value >> 29;
+        let mask = match ty {
+            0 => 0xff80_0000,
+            2 => 0xffc0_0000,
+            _ => 0xffff_0000,
+        };
+        let engines = engines_of(&r["rings"]);
+        let classes = class_of(ty, engines);
+        // Known already (same encoding, overlapping engines)? genxml's row wins; GVT's rings were merged.
+        let known = descs.iter().any(|(d, cls)| {
+            (d.value & d.mask) == (value & d.mask)
+                && (value >> 29) == (d.value >> 29)
+                && cls.iter().any(|c| classes.contains(c))
+                && d.engines & engines != 0
+        });
+        if known || ty == 2 {
+            continue;
+        }
+        let len: u32 = r["len_or_lenbits"].parse().unwrap();
+        let length = if r["flags"].contains("F_LEN_CONST") {
+            format!("Length::Fixed({len})")
+        } else {
+            format!("Length::Field {{ mask: {:#x}, bias: 2 }}", (1u32 << len) - 1)
+        };
+        let d = Desc {
+            name: r["name"].clone(),
+            mask,
+            value,
+            length,
+            engines,
+            handler: handler_for(&r["name"]),
+            addrs: Vec::new(),
+            source: "gvt",
+        };
+        descs.push((d, classes));
+    }
+    for r in &blt {
+        let mut addrs = Vec::new();
+        let adw = &r["gen8plus_address_dwords"];
+        for part in adw.split(',').filter(|p| !p.is_empty()) {
+            let (range, role) = part.split_once(' ').unwrap();
+            let lo_dw: u32 = range.split('-').next().unwrap().parse().unwrap();
+            let role = role.trim_matches(|c| c == '(' || c == ')');
+            addrs.push(format!(
+                "AddrField {{ name: {role:?}, dword: {lo_dw}, lo: 0, hi: 47, stride: 0, count: 1 }}"
+            ));
+        }
+        let (hi, _) = r["length_field_bits"].split_once(':').unwrap();
+        let hi: u32 = hi.parse().unwrap();
+        let d = Desc {
+            name: r["name"].clone(),
+            mask: hex(&r["header_mask"]),
+            value: hex(&r["header_value"]),
+            length: format!("Length::Field {{ mask: {:#x}, bias: {} }}", (1u32 << (hi + 1)) - 1, r["bias"]),
+            engines: BCS,
+            handler: handler_for(&r["name"]),
+            addrs,
+            source: "blitter",
+        };
+        descs.push((d, vec![Class::TwoD]));
+    }
+
+    let g = format!("GEN{gen}");
+    writeln!(out, "/// Gen{gen} command descriptors.").unwrap();
+    writeln!(out, "pub(crate) static {g}_DESCS: [CmdDesc; {}] = [", descs.len()).unwrap();
+    for (d, _) in &descs {
+        writeln!(
+            out,
+            "    CmdDesc {{ name: {:?}, header_mask: {:#010x}, header_value: {:#010x}, length: {}, engines: EngineMask::from_bits_retain({:#x}), handler: {}, addrs: &[{}], source: Source::{} }},",
+            d.name,
+            d.mask,
+            d.value,
+            d.length,
+            d.engines,
+            d.handler,
+            d.addrs.join(", "),
+            match d.source {
+                "genxml" => "Genxml",
+                "gvt" => "Gvt",
+                _ => "Blitter",
+            }
+        )
+        .unwrap();
+    }
+    writeln!(out, "];").unwrap();
+
+    for class in [Class::Mi, Class::TwoD, Class::Render, Class::Video, Class::Vebox] {
+        let (shift, bits) = key_space(class);
+        let n = 1usize << bits;
+        let mut table = vec![0u16; n];
+        let mut owner_bits = vec![0u32; n];
+        for (i, (d, classes)) in descs.iter().enumerate() {
+            if !classes.contains(&class) {
+                continue;
+            }
+            assert_eq!(d.value >> 29, type_bits(class) >> 29, "{} in wrong class", d.name);
+            for (k, slot) in table.iter_mut().enumerate() {
+                let dw0 = type_bits(class) | ((k as u32) << shift);
+                let key_mask = (((1u32 << bits) - 1) << shift) | 0xe000_0000;
+                if (dw0 & d.mask & key_mask) != (d.value & d.mask & key_mask) {
+                    continue;
+                }
+                let specificity = (d.mask & key_mask).count_ones();
+                if *slot != 0 {
+                    let prev = &descs[*slot as usize - 1].0;
+                    if owner_bits[k] == specificity && prev.engines & d.engines != 0 {
+                        // Same encoding twice: genxml and GVT disagree on a name only; the first one stays.
+                        assert!(
+                            prev.source != d.source,
+                            "gen{gen}: {} and {} share encoding {dw0:#010x}",
+                            prev.name,
+                            d.name
+                        );
+                        continue;
+                    }
+                    if owner_bits[k] >= specificity {
+                        continue;
+                    }
+                }
+                *slot = u16::try_from(i + 1).unwrap();
+                owner_bits[k] = specificity;
+            }
+        }
+        let cname = match class {
+            Class::Mi => "MI",
+            Class::TwoD => "BLT",
+            Class::Render => "RENDER",
+            Class::Video => "VIDEO",
+            Class::Vebox => "VEBOX",
+        };
+        writeln!(out, "/// Gen{gen} {cname} decode table: descriptor index + 1, 0 for none.").unwrap();
+        writeln!(out, "pub(crate) static {g}_{cname}: [u16; {n}] = {table:?};").unwrap();
+    }
+}
+
+fn main() {
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("data");
+    for f in ["gen8-commands.csv", "gen9-commands.csv", "gvt-cmd-table.csv", "blitter-commands.csv"] {
+        println!("cargo:rerun-if-changed=data/{f}");
+    }
+    println!("cargo:rerun-if-changed=build.rs");
+    let mut out = String::from("// Generated by build.rs from data/*.csv. Do not edit.\n");
+    gen_tables(8, &data, &mut out);
+    gen_tables(9, &data, &mut out);
+    let dest = Path::new(&std::env::var("OUT_DIR").unwrap()).join("cmd_tables.rs");
+    std::fs::write(dest, out).unwrap();
+}

@@ -1,0 +1,457 @@
+//! Per-command semantics: the address audit, the register audit, batch starts, interrupt
+//! requests and the rewrites the scanner makes in the shadow copy.
+
+use vm_memory::GuestMemory;
+
+use super::error::Reason;
+use super::memory::{AddrSpace, GmTranslate};
+use super::regs::{self, RegAccess, RegPolicy, DISCARD_REG, REG_OFFSET_MASK};
+use super::scan::{BufCtx, Flow, ScanObserver, Scanner};
+use super::table::{BlitKind, CmdDesc, Handler};
+use super::workload::{Events, Reloc, RootLoad};
+use crate::hw::Gen;
+
+const MI_BATCH_BUFFER_START_PPGTT: u32 = 1 << 8;
+const MI_BATCH_BUFFER_START_2ND_LEVEL: u32 = 1 << 22;
+const MI_BATCH_BUFFER_START_PREDICATED: u32 = 1 << 15;
+const MI_USE_GGTT: u32 = 1 << 22;
+const NOTIFY: u32 = 1 << 8;
+const PC_GGTT: u32 = 1 << 24;
+const PC_LRI_POST_SYNC: u32 = 1 << 23;
+const PC_STORE_INDEX: u32 = 1 << 21;
+const FLUSH_DW_STORE_INDEX: u32 = 1 << 21;
+const FLUSH_DW_GGTT: u32 = 1 << 2;
+
+/// Dword `i` of a command whose length was already checked; 0 if absent.
+#[inline]
+fn dw(cmd: &[u32], i: usize) -> u32 {
+    cmd.get(i).copied().unwrap_or(0)
+}
+
+/// The 64-bit address in dwords `i` and `i + 1`, with the low `low_bits` bits (flags) cleared.
+#[inline]
+fn addr(cmd: &[u32], i: usize, low_bits: u32) -> u64 {
+    let lo = u64::from(dw(cmd, i) & !((1u32 << low_bits) - 1));
+    lo | u64::from(dw(cmd, i + 1)) << 32
+}
+
+fn set_addr(cmd: &mut [u32], i: usize, value: u64, keep_low: u32) {
+    if let Some(lo) = cmd.get_mut(i) {
+        *lo = (value as u32 & !keep_low) | (*lo & keep_low);
+    }
+    if let Some(hi) = cmd.get_mut(i + 1) {
+        *hi = (value >> 32) as u32;
+    }
+}
+
+fn need_len(cmd: &[u32], ok: bool, expected: &'static str) -> Result<(), Reason> {
+    if ok {
+        Ok(())
+    } else {
+        Err(Reason::BadLength { len: cmd.len() as u32, expected })
+    }
+}
+
+/// Whether a 64-bit PPGTT address is canonical (bits 63:48 copy bit 47), or carries no upper bits
+/// at all as Gen8 drivers may write it.
+fn canonical(a: u64) -> bool {
+    let top = a >> 47;
+    top == 0 || top == 0x1_ffff || a >> 48 == 0
+}
+
+impl<M, T, O> Scanner<'_, M, T, O>
+where
+    M: GuestMemory + ?Sized,
+    T: GmTranslate + ?Sized,
+    O: ScanObserver + ?Sized,
+{
+    /// Audits a memory access: GGTT accesses must fall inside one of the vGPU's windows.
+    /// PPGTT accesses are bounded by the shadow PPGTT, which maps only the guest's own memory.
+    fn access(&self, space: AddrSpace, what: &'static str, addr: u64, size: u64) -> Result<(), Reason> {
+        match space {
+            AddrSpace::Ggtt if !self.p.windows.contains(addr, size) => {
+                Err(Reason::AddressOutsideWindows { what, addr, size })
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// The space an MI command with a "Use Global GTT" bit addresses.
+    fn mi_space(&self, ggtt: bool) -> AddrSpace {
+        if ggtt {
+            AddrSpace::Ggtt
+        } else {
+            self.p.surfaces
+        }
+    }
+
+    fn register(&self, reg: u32, access: RegAccess) -> Result<RegPolicy, Reason> {
+        let policy = regs::policy(self.p.engine, reg);
+        if policy.allows(access) {
+            Ok(policy)
+        } else {
+            Err(Reason::RegisterNotAllowed { reg, access })
+        }
+    }
+
+    fn patched(&mut self) {
+        self.out.stats.patched += 1;
+    }
+
+    /// Runs the handler of `desc` over the shadow copy `cmd` (exactly the command's length).
+    pub(super) fn handle(&mut self, desc: &'static CmdDesc, cmd: &mut [u32], ctx: BufCtx) -> Result<Flow, Reason> {
+        let dw0 = dw(cmd, 0);
+        match desc.handler {
+            Handler::Generic => {
+                if self.p.surfaces == AddrSpace::Ggtt {
+                    self.generic_addresses(desc, cmd)?;
+                }
+                Ok(Flow::Next)
+            }
+            Handler::UserInterrupt => {
+                self.out.events |= Events::USER_INTERRUPT;
+                cmd.fill(0);
+                self.patched();
+                Ok(Flow::Next)
+            }
+            Handler::WaitForEvent | Handler::ReportHead => {
+                cmd.fill(0);
+                self.patched();
+                Ok(Flow::Next)
+            }
+            Handler::BbEnd => match ctx.level() {
+                0 => Err(Reason::Nesting("MI_BATCH_BUFFER_END in the ring")),
+                _ => Ok(Flow::End),
+            },
+            Handler::BbStart => self.bb_start(cmd, ctx),
+            Handler::CondBbEnd => {
+                need_len(cmd, cmd.len() == 3 || cmd.len() == 4, "3 or 4")?;
+                let a = if cmd.len() == 4 { addr(cmd, 2, 3) } else { u64::from(dw(cmd, 2) & !7) };
+                self.access(self.mi_space(dw0 & MI_USE_GGTT != 0), "compare address", a, 8)?;
+                Ok(Flow::Next)
+            }
+            Handler::Lri => self.lri(cmd, ctx),
+            Handler::Lrm => {
+                need_len(cmd, cmd.len() == 4, "4")?;
+                self.register(dw(cmd, 1) & REG_OFFSET_MASK, RegAccess::Write)?;
+                self.access(self.mi_space(dw0 & MI_USE_GGTT != 0), "source", addr(cmd, 2, 2), 4)?;
+                Ok(Flow::Next)
+            }
+            Handler::Srm => {
+                need_len(cmd, cmd.len() == 4, "4")?;
+                self.register(dw(cmd, 1) & REG_OFFSET_MASK, RegAccess::Read)?;
+                self.access(self.mi_space(dw0 & MI_USE_GGTT != 0), "destination", addr(cmd, 2, 2), 4)?;
+                Ok(Flow::Next)
+            }
+            Handler::Lrr => {
+                need_len(cmd, cmd.len() == 3, "3")?;
+                self.register(dw(cmd, 1) & REG_OFFSET_MASK, RegAccess::Read)?;
+                self.register(dw(cmd, 2) & REG_OFFSET_MASK, RegAccess::Write)?;
+                Ok(Flow::Next)
+            }
+            Handler::StoreDataImm => {
+                need_len(cmd, cmd.len() >= 4, "at least 4")?;
+                let size = (cmd.len() as u64 - 3) * 4;
+                self.access(self.mi_space(dw0 & MI_USE_GGTT != 0), "store address", addr(cmd, 1, 2), size)?;
+                Ok(Flow::Next)
+            }
+            Handler::FlushDw => self.flush_dw(cmd),
+            Handler::PipeControl => self.pipe_control(cmd),
+            Handler::Atomic => {
+                let inline = dw0 & (1 << 18) != 0;
+                need_len(cmd, cmd.len() == if inline { 11 } else { 3 }, "3, or 11 with inline data")?;
+                let size = match (dw0 >> 19) & 3 {
+                    0 => 4,
+                    1 => 8,
+                    2 => 16,
+                    _ => return Err(Reason::BadLength { len: cmd.len() as u32, expected: "a valid data size" }),
+                };
+                self.access(self.mi_space(dw0 & MI_USE_GGTT != 0), "atomic address", addr(cmd, 1, 2), size)?;
+                Ok(Flow::Next)
+            }
+            Handler::SemaphoreWait => {
+                need_len(cmd, cmd.len() == 4, "4")?;
+                if self.p.gen == Gen::Gen9 && dw0 & (1 << 16) != 0 {
+                    // Register poll mode: the address dword names a register.
+                    self.register(dw(cmd, 2) & REG_OFFSET_MASK, RegAccess::Read)?;
+                } else {
+                    self.access(self.mi_space(dw0 & MI_USE_GGTT != 0), "semaphore address", addr(cmd, 2, 2), 4)?;
+                }
+                Ok(Flow::Next)
+            }
+            Handler::CopyMemMem => {
+                need_len(cmd, cmd.len() == 5, "5")?;
+                self.access(self.mi_space(dw0 & (1 << 21) != 0), "destination", addr(cmd, 1, 2), 4)?;
+                self.access(self.mi_space(dw0 & (1 << 22) != 0), "source", addr(cmd, 3, 2), 4)?;
+                Ok(Flow::Next)
+            }
+            Handler::ReportPerfCount => {
+                need_len(cmd, cmd.len() == 4, "4")?;
+                self.access(self.mi_space(dw(cmd, 1) & 1 != 0), "report address", addr(cmd, 1, 6), 256)?;
+                Ok(Flow::Next)
+            }
+            Handler::UrbMem => {
+                need_len(cmd, cmd.len() == 4, "4")?;
+                self.access(self.p.surfaces, "memory address", addr(cmd, 2, 6), 64)?;
+                Ok(Flow::Next)
+            }
+            Handler::RsStoreDataImm => {
+                need_len(cmd, cmd.len() == 4, "4")?;
+                self.access(self.p.surfaces, "destination", addr(cmd, 1, 2), 4)?;
+                Ok(Flow::Next)
+            }
+            Handler::Blit(kind) => {
+                if self.p.surfaces == AddrSpace::Ggtt {
+                    self.blit(kind, cmd)?;
+                }
+                Ok(Flow::Next)
+            }
+            Handler::Reject(r) => Err(Reason::Privileged(r.reason())),
+        }
+    }
+
+    fn generic_addresses(&self, desc: &'static CmdDesc, cmd: &[u32]) -> Result<(), Reason> {
+        for f in desc.addrs {
+            for i in 0..f.elements(cmd.len()) {
+                match f.read(cmd, i) {
+                    // A null address is the "not used" encoding; the hardware does not access it.
+                    Some(0) | None => {}
+                    Some(a) => self.access(AddrSpace::Ggtt, f.name, a, 1)?,
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn bb_start(&mut self, cmd: &mut [u32], ctx: BufCtx) -> Result<Flow, Reason> {
+        let dw0 = dw(cmd, 0);
+        need_len(cmd, cmd.len() == 3, "3")?;
+        let space = if dw0 & MI_BATCH_BUFFER_START_PPGTT != 0 { AddrSpace::Ppgtt } else { AddrSpace::Ggtt };
+        let second = dw0 & MI_BATCH_BUFFER_START_2ND_LEVEL != 0;
+        let mut target = addr(cmd, 1, 2);
+        if self.p.gen == Gen::Gen8 {
+            target &= (1 << 48) - 1;
+        }
+        match space {
+            AddrSpace::Ppgtt => {
+                if !canonical(target) {
+                    return Err(Reason::NonCanonical(target));
+                }
+                target &= (1 << 48) - 1;
+            }
+            AddrSpace::Ggtt => {
+                if ctx.space() == AddrSpace::Ppgtt {
+                    return Err(Reason::Nesting("a PPGTT (non-privileged) batch may not start a GGTT batch"));
+                }
+                self.access(AddrSpace::Ggtt, "batch buffer", target, 4)?;
+            }
+        }
+        let (level, flow) = match (ctx.level(), second) {
+            (0, false) => (1, Flow::Next),
+            (0, true) => return Err(Reason::Nesting("second-level batch started from the ring")),
+            (1, true) => (2, Flow::Next),
+            (2, true) => return Err(Reason::Nesting("second-level batch started from a second-level batch")),
+            // Chaining: the current buffer ends here, unless predication may skip the jump.
+            (l, _) if dw0 & MI_BATCH_BUFFER_START_PREDICATED != 0 => (l, Flow::Next),
+            (l, _) => (l, Flow::End),
+        };
+        let target = self.batch(space, target, level)?;
+        self.out.relocs.push(Reloc { buffer: ctx.id, dword: ctx.dword, target });
+        Ok(flow)
+    }
+
+    fn lri(&mut self, cmd: &mut [u32], ctx: BufCtx) -> Result<Flow, Reason> {
+        need_len(cmd, cmd.len() >= 3 && cmd.len() % 2 == 1, "1 + 2n with n >= 1")?;
+        let mut k = 1;
+        while k + 1 < cmd.len() {
+            let reg = dw(cmd, k) & REG_OFFSET_MASK;
+            let value = dw(cmd, k + 1);
+            match self.register(reg, RegAccess::Write) {
+                Ok(_) => {}
+                Err(e) => match regs::policy(self.p.engine, reg) {
+                    RegPolicy::ForceNonpriv if regs::nonpriv_value_allowed(self.p.engine, value) => {}
+                    RegPolicy::ForceNonpriv => return Err(Reason::NonprivValue { reg, value }),
+                    RegPolicy::PageTableRoot => {
+                        self.out.root_loads.push(RootLoad { buffer: ctx.id, dword: ctx.dword + k + 1, reg })
+                    }
+                    RegPolicy::Discard => {
+                        if let Some(d) = cmd.get_mut(k) {
+                            *d = DISCARD_REG;
+                        }
+                        self.patched();
+                    }
+                    _ => return Err(e),
+                },
+            }
+            k += 2;
+        }
+        Ok(Flow::Next)
+    }
+
+    /// Redirects an index-mode post-sync write (an offset into "the" status page) to the guest's
+    /// own status page; returns the absolute GGTT address.
+    fn hwsp_index(&self, offset: u64) -> Result<u64, Reason> {
+        let base = self.p.hwsp.ok_or(Reason::HwspIndex(offset))?;
+        if offset >= 4096 {
+            return Err(Reason::HwspIndex(offset));
+        }
+        let a = base + offset;
+        self.access(AddrSpace::Ggtt, "status page", a, 8)?;
+        Ok(a)
+    }
+
+    fn flush_dw(&mut self, cmd: &mut [u32]) -> Result<Flow, Reason> {
+        need_len(cmd, cmd.len() == 4 || cmd.len() == 5, "4 or 5")?;
+        let dw0 = dw(cmd, 0);
+        if dw0 & NOTIFY != 0 {
+            self.out.events |= Events::FLUSH_DW_NOTIFY;
+            if let Some(d) = cmd.first_mut() {
+                *d &= !NOTIFY;
+            }
+            self.patched();
+        }
+        if (dw0 >> 14) & 3 != 0 {
+            if dw0 & FLUSH_DW_STORE_INDEX != 0 {
+                let a = self.hwsp_index(u64::from(dw(cmd, 1) & !7))?;
+                set_addr(cmd, 1, a, 7);
+                if let Some(d) = cmd.get_mut(1) {
+                    *d |= FLUSH_DW_GGTT;
+                }
+                if let Some(d) = cmd.first_mut() {
+                    *d &= !FLUSH_DW_STORE_INDEX;
+                }
+                self.patched();
+            } else {
+                let space = self.mi_space(dw(cmd, 1) & FLUSH_DW_GGTT != 0);
+                self.access(space, "post-sync address", addr(cmd, 1, 3), 8)?;
+            }
+        }
+        Ok(Flow::Next)
+    }
+
+    fn pipe_control(&mut self, cmd: &mut [u32]) -> Result<Flow, Reason> {
+        need_len(cmd, cmd.len() >= 5, "at least 5")?;
+        let dw1 = dw(cmd, 1);
+        if dw1 & NOTIFY != 0 {
+            self.out.events |= Events::PIPE_CONTROL_NOTIFY;
+            if let Some(d) = cmd.get_mut(1) {
+                *d &= !NOTIFY;
+            }
+            self.patched();
+        }
+        if dw1 & PC_LRI_POST_SYNC != 0 {
+            // The address dword names a register that receives the immediate data.
+            self.register(dw(cmd, 2) & REG_OFFSET_MASK, RegAccess::Write)?;
+            return Ok(Flow::Next);
+        }
+        if (dw1 >> 14) & 3 != 0 {
+            if dw1 & PC_STORE_INDEX != 0 {
+                let a = self.hwsp_index(u64::from(dw(cmd, 2) & !7))?;
+                set_addr(cmd, 2, a, 3);
+                if let Some(d) = cmd.get_mut(1) {
+                    *d = (*d & !PC_STORE_INDEX) | PC_GGTT;
+                }
+                self.patched();
+            } else {
+                let space = self.mi_space(dw1 & PC_GGTT != 0);
+                self.access(space, "post-sync address", addr(cmd, 2, 2), 8)?;
+            }
+        }
+        Ok(Flow::Next)
+    }
+
+    /// Bounds the surfaces of a GGTT-addressed blit.
+    fn blit(&self, kind: BlitKind, cmd: &[u32]) -> Result<(), Reason> {
+        let dw0 = dw(cmd, 0);
+        match kind {
+            BlitKind::Opaque => Err(Reason::UnboundedSurface),
+            BlitKind::ColorFill => {
+                need_len(cmd, cmd.len() >= 7, "at least 7")?;
+                let br13 = dw(cmd, 1);
+                let cpp = legacy_cpp(br13);
+                let tiled = dw0 & (1 << 11) != 0;
+                let pitch = i64::from(br13 as u16 as i16) * if tiled { 4 } else { 1 };
+                let rect = Rect::from_dwords(dw(cmd, 2), dw(cmd, 3));
+                self.surface("destination", addr(cmd, 4, 0), pitch, cpp, tiled, rect)
+            }
+            BlitKind::SrcCopy | BlitKind::FastCopy => {
+                need_len(cmd, cmd.len() >= 10, "at least 10")?;
+                let br13 = dw(cmd, 1);
+                let (cpp, dst_tiled, src_tiled) = if kind == BlitKind::SrcCopy {
+                    (legacy_cpp(br13), dw0 & (1 << 11) != 0, dw0 & (1 << 15) != 0)
+                } else {
+                    let cpp = match (br13 >> 24) & 7 {
+                        0 => 1,
+                        1 => 2,
+                        2 => 4,
+                        3 => 8,
+                        _ => 16,
+                    };
+                    (cpp, br13 >> 30 != 0, (dw0 >> 20) & 3 != 0)
+                };
+                let scale = |tiled: bool| if tiled { 4 } else { 1 };
+                let dst_pitch = i64::from(br13 as u16 as i16) * scale(dst_tiled);
+                let src_pitch = i64::from(dw(cmd, 7) as u16 as i16) * scale(src_tiled);
+                let dst = Rect::from_dwords(dw(cmd, 2), dw(cmd, 3));
+                self.surface("destination", addr(cmd, 4, 0), dst_pitch, cpp, dst_tiled, dst)?;
+                let src = dst.moved_to(dw(cmd, 6));
+                self.surface("source", addr(cmd, 8, 0), src_pitch, cpp, src_tiled, src)
+            }
+        }
+    }
+
+    /// Audits the bytes a 2D rectangle touches on a surface at `base` with `pitch` bytes per row.
+    fn surface(&self, what: &'static str, base: u64, pitch: i64, cpp: i64, tiled: bool, r: Rect) -> Result<(), Reason> {
+        if r.x2 <= r.x1 || r.y2 <= r.y1 {
+            return Ok(()); // an empty rectangle touches nothing
+        }
+        // Tiles spread a rectangle over whole tile rows; 256 rows bounds every Gen9 tiling.
+        let (y1, y2) = if tiled { (r.y1 & !255, (r.y2 + 255) & !255) } else { (r.y1, r.y2) };
+        let (x1, x2) = if tiled { (0, pitch.abs()) } else { (r.x1 * cpp, r.x2 * cpp) };
+        let first_row = y1 * pitch;
+        let last_row = (y2 - 1) * pitch;
+        let start = first_row.min(last_row) + x1;
+        let end = first_row.max(last_row) + x2.max(x1 + 1);
+        let (Some(lo), Some(hi)) = (base.checked_add_signed(start), base.checked_add_signed(end)) else {
+            return Err(Reason::AddressOutsideWindows { what, addr: base, size: 0 });
+        };
+        if hi <= lo {
+            return Err(Reason::AddressOutsideWindows { what, addr: base, size: 0 });
+        }
+        self.access(AddrSpace::Ggtt, what, lo, hi - lo)
+    }
+}
+
+/// Bytes per pixel of a legacy (XY_*) blit from BR13 bits 25:24.
+fn legacy_cpp(br13: u32) -> i64 {
+    match (br13 >> 24) & 3 {
+        0 => 1,
+        1 | 2 => 2,
+        _ => 4,
+    }
+}
+
+/// A blit rectangle, exclusive at x2/y2.
+#[derive(Clone, Copy)]
+struct Rect {
+    x1: i64,
+    y1: i64,
+    x2: i64,
+    y2: i64,
+}
+
+impl Rect {
+    fn from_dwords(top_left: u32, bottom_right: u32) -> Rect {
+        Rect {
+            x1: i64::from(top_left & 0xffff),
+            y1: i64::from(top_left >> 16),
+            x2: i64::from(bottom_right & 0xffff),
+            y2: i64::from(bottom_right >> 16),
+        }
+    }
+
+    fn moved_to(self, top_left: u32) -> Rect {
+        let (x, y) = (i64::from(top_left & 0xffff), i64::from(top_left >> 16));
+        Rect { x1: x, y1: y, x2: x + (self.x2 - self.x1), y2: y + (self.y2 - self.y1) }
+    }
+}

@@ -1,0 +1,20 @@
+//! Gen8/Gen9 command decoding and the command scanner.
+//!
+//! [`scan_ring`] walks a guest ring and every batch buffer it reaches, copies each into a shadow
+//! buffer, scans only the copy, audits every address and register, patches batch starts and
+//! interrupt requests in the copy, and returns the [`ScannedWorkload`] that will run, or a
+//! [`ScanError`] saying where and why the stream was rejected.
+
+mod error;
+mod handlers;
+mod memory;
+pub mod regs;
+mod scan;
+pub mod table;
+mod workload;
+
+pub use error::{BufferKind, Location, Reason, ScanError};
+pub use memory::{copy_from_gm, AddrSpace, CopyFault, GmRange, GmTranslate, GmWindows, LinearTranslation, PAGE_SIZE};
+pub use scan::{scan_ring, RingSpec, ScanLimits, ScanObserver, ScanParams, Verdict};
+pub use table::{CmdDesc, CommandTable, Decoded, Handler, Length};
+pub use workload::{BufferId, Events, Reloc, RootLoad, ScanStats, ScannedWorkload, ShadowBuffer};

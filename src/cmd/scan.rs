@@ -1,0 +1,370 @@
+//! The command scanner: walk a ring from head to tail and every batch buffer it reaches, copying
+//! each buffer into a shadow buffer first and scanning only the copy.
+//!
+//! The walk is iterative: batches found while scanning are queued and scanned in turn, each copied
+//! once per (address space, address, nesting level), so a batch that jumps to itself becomes a loop
+//! in the shadow copy (a hang the engine watchdog handles) instead of an endless scan. A byte budget
+//! bounds the total work.
+
+use std::collections::HashMap;
+
+use vm_memory::GuestMemory;
+
+use super::error::{BufferKind, Location, Reason, ScanError};
+use super::memory::{copy_from_gm, AddrSpace, CopyFault, GmTranslate, GmWindows, PAGE_SIZE};
+use super::table::{CmdDesc, CommandTable, Decoded};
+use super::workload::{BufferId, Events, ScanStats, ScannedWorkload, ShadowBuffer};
+use crate::hw::{Engine, Gen};
+
+/// The guest ring as its context describes it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RingSpec {
+    /// GGTT address of the ring (RING_START), 4 KiB aligned.
+    pub start: u64,
+    /// Size in bytes: a multiple of 4 KiB, at most 2 MiB.
+    pub size: u32,
+    /// Head byte offset (RING_HEAD without the wrap count).
+    pub head: u32,
+    /// Tail byte offset (RING_TAIL).
+    pub tail: u32,
+}
+
+/// Bounds on the work one scan may do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ScanLimits {
+    /// Most bytes copied from guest memory, over the ring and every batch.
+    pub max_bytes: u64,
+    /// Most distinct batch buffers.
+    pub max_batches: usize,
+}
+
+impl Default for ScanLimits {
+    fn default() -> Self {
+        ScanLimits { max_bytes: 32 << 20, max_batches: 4096 }
+    }
+}
+
+/// Everything the scanner needs to know about the workload besides guest memory.
+#[derive(Clone, Copy, Debug)]
+pub struct ScanParams {
+    /// Generation of the platform (selects the command table).
+    pub gen: Gen,
+    /// Engine the workload runs on.
+    pub engine: Engine,
+    /// The vGPU's GGTT windows; every GGTT access must fall inside one of them.
+    pub windows: GmWindows,
+    /// The ring.
+    pub ring: RingSpec,
+    /// Address space of surface and state addresses that carry no GGTT selector (2D/3D/media
+    /// surfaces): [`AddrSpace::Ppgtt`] for a context with a PPGTT (every execlist context of a
+    /// Gen8+ guest driver), [`AddrSpace::Ggtt`] otherwise, in which case they are audited too.
+    pub surfaces: AddrSpace,
+    /// GGTT address of the guest's status page for this engine: index-mode post-sync writes are
+    /// redirected there. `None` rejects them.
+    pub hwsp: Option<u64>,
+    /// Work bounds.
+    pub limits: ScanLimits,
+}
+
+/// What the scanner did with a command, for observers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Accepted unchanged.
+    Accepted,
+    /// Accepted after rewriting the copy (interrupt removed, write redirected, ...).
+    Patched,
+}
+
+/// Sees every command the scanner accepts, e.g. to print a listing. The unit type observes nothing
+/// and costs nothing.
+pub trait ScanObserver {
+    /// A command was accepted; `cmd` is the shadow copy after any patch.
+    fn command(&mut self, buffer: BufferKind, offset: u64, desc: &'static CmdDesc, cmd: &[u32], verdict: Verdict);
+    /// A run of `count` MI_NOOP dwords was skipped.
+    fn noops(&mut self, _buffer: BufferKind, _offset: u64, _count: u64) {}
+}
+
+impl ScanObserver for () {
+    #[inline(always)]
+    fn command(&mut self, _: BufferKind, _: u64, _: &'static CmdDesc, _: &[u32], _: Verdict) {}
+}
+
+/// Scans a guest ring and every batch it reaches; returns the shadow workload or why it is rejected.
+///
+/// ```
+/// use shadowgpu::cmd::{scan_ring, AddrSpace, GmRange, GmWindows, LinearTranslation, RingSpec, ScanLimits, ScanParams};
+/// use shadowgpu::hw::{Engine, Gen};
+/// use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+///
+/// // 64 KiB of guest memory; the vGPU's aperture window is GGTT 0x10_0000..0x11_0000, mapped onto it.
+/// let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x1_0000)]).unwrap();
+/// let mut gtt = LinearTranslation::new();
+/// gtt.map(AddrSpace::Ggtt, GmRange::new(0x10_0000, 0x1_0000), GuestAddress(0));
+/// // Ring at 0x10_0000: MI_STORE_DATA_IMM (GGTT) of 42 to 0x10_8000, then MI_USER_INTERRUPT.
+/// let ring: [u32; 6] = [0x1040_0002, 0x10_8000, 0, 42, 0x0100_0000, 0];
+/// for (i, dw) in ring.iter().enumerate() {
+///     mem.write_obj(*dw, GuestAddress(4 * i as u64)).unwrap();
+/// }
+/// let params = ScanParams {
+///     gen: Gen::Gen9,
+///     engine: Engine::Rcs,
+///     windows: GmWindows { aperture: GmRange::new(0x10_0000, 0x1_0000), hidden: GmRange::default() },
+///     ring: RingSpec { start: 0x10_0000, size: 4096, head: 0, tail: 24 },
+///     surfaces: AddrSpace::Ppgtt,
+///     hwsp: None,
+///     limits: ScanLimits::default(),
+/// };
+/// let w = scan_ring(&mem, &gtt, &params, &mut ()).unwrap();
+/// assert_eq!(w.ring.dwords[4], 0); // the interrupt request became MI_NOOP...
+/// assert!(w.events.contains(shadowgpu::cmd::Events::USER_INTERRUPT)); // ...and is raised at completion.
+/// ```
+pub fn scan_ring<M, T, O>(mem: &M, xlate: &T, params: &ScanParams, observer: &mut O) -> Result<ScannedWorkload, ScanError>
+where
+    M: GuestMemory + ?Sized,
+    T: GmTranslate + ?Sized,
+    O: ScanObserver + ?Sized,
+{
+    let mut s = Scanner {
+        mem,
+        xlate,
+        p: params,
+        table: CommandTable::for_gen(params.gen),
+        obs: observer,
+        out: ScannedWorkload {
+            ring: ShadowBuffer { kind: BufferKind::Ring, dwords: Vec::new() },
+            batches: Vec::new(),
+            relocs: Vec::new(),
+            root_loads: Vec::new(),
+            events: Events::empty(),
+            stats: ScanStats::default(),
+        },
+        seen: HashMap::new(),
+        queue: Vec::new(),
+    };
+    s.copy_ring()?;
+    s.walk(0)?;
+    while let Some(id) = s.queue.pop() {
+        s.walk(id)?;
+    }
+    Ok(s.out)
+}
+
+/// How the walk continues after a command.
+pub(super) enum Flow {
+    /// With the next command.
+    Next,
+    /// The buffer ends after this command.
+    End,
+}
+
+/// Per-buffer facts handlers need.
+#[derive(Clone, Copy)]
+pub(super) struct BufCtx {
+    pub id: BufferId,
+    pub kind: BufferKind,
+    /// Dword index of the command being handled.
+    pub dword: usize,
+}
+
+impl BufCtx {
+    pub fn level(&self) -> u8 {
+        match self.kind {
+            BufferKind::Ring => 0,
+            BufferKind::Batch { level, .. } => level,
+        }
+    }
+
+    pub fn space(&self) -> AddrSpace {
+        match self.kind {
+            BufferKind::Ring => AddrSpace::Ggtt,
+            BufferKind::Batch { space, .. } => space,
+        }
+    }
+}
+
+pub(super) struct Scanner<'a, M: ?Sized, T: ?Sized, O: ?Sized> {
+    pub mem: &'a M,
+    pub xlate: &'a T,
+    pub p: &'a ScanParams,
+    pub table: &'static CommandTable,
+    pub obs: &'a mut O,
+    pub out: ScannedWorkload,
+    seen: HashMap<(AddrSpace, u64, u8), usize>,
+    queue: Vec<BufferId>,
+}
+
+impl<M, T, O> Scanner<'_, M, T, O>
+where
+    M: GuestMemory + ?Sized,
+    T: GmTranslate + ?Sized,
+    O: ScanObserver + ?Sized,
+{
+    fn ring_error(&self, reason: Reason) -> ScanError {
+        ScanError { at: Location { buffer: BufferKind::Ring, offset: 0, command: None }, reason }
+    }
+
+    fn charge(&mut self, bytes: u64) -> Result<(), Reason> {
+        let total = self.out.stats.bytes_copied.saturating_add(bytes);
+        if total > self.p.limits.max_bytes {
+            return Err(Reason::Budget { limit: self.p.limits.max_bytes });
+        }
+        self.out.stats.bytes_copied = total;
+        Ok(())
+    }
+
+    /// Validates the ring and copies `[head, tail)` (with wrap-around) into the ring shadow.
+    fn copy_ring(&mut self) -> Result<(), ScanError> {
+        let r = self.p.ring;
+        let bad = |why| self.ring_error(Reason::BadRing(why));
+        if r.start % PAGE_SIZE != 0 {
+            return Err(bad("start is not 4 KiB aligned"));
+        }
+        if r.size == 0 || u64::from(r.size) % PAGE_SIZE != 0 || r.size > 2 << 20 {
+            return Err(bad("size is not a multiple of 4 KiB up to 2 MiB"));
+        }
+        if r.head >= r.size || r.tail >= r.size {
+            return Err(bad("head or tail beyond the ring"));
+        }
+        if r.head % 4 != 0 || r.tail % 8 != 0 {
+            return Err(bad("head not dword aligned or tail not qword aligned"));
+        }
+        if !self.p.windows.contains(r.start, u64::from(r.size)) {
+            return Err(self.ring_error(Reason::AddressOutsideWindows {
+                what: "ring buffer",
+                addr: r.start,
+                size: u64::from(r.size),
+            }));
+        }
+        let len = if r.tail >= r.head { r.tail - r.head } else { r.size - r.head + r.tail };
+        self.charge(u64::from(len)).map_err(|e| self.ring_error(e))?;
+        let mut dwords = vec![0u32; (len / 4) as usize];
+        let bytes = zerocopy::IntoBytes::as_mut_bytes(dwords.as_mut_slice());
+        let first = (r.size - r.head).min(len) as usize;
+        let (a, b) = bytes.split_at_mut(first);
+        let fault = |f| self.ring_error(fault_reason(AddrSpace::Ggtt, f));
+        copy_from_gm(self.mem, self.xlate, AddrSpace::Ggtt, r.start + u64::from(r.head), a).map_err(fault)?;
+        copy_from_gm(self.mem, self.xlate, AddrSpace::Ggtt, r.start, b).map_err(fault)?;
+        for d in dwords.iter_mut() {
+            *d = u32::from_le(*d);
+        }
+        self.out.ring.dwords = dwords;
+        Ok(())
+    }
+
+    /// Returns the batch id for a batch start, queuing a new shadow buffer on first sight.
+    pub(super) fn batch(&mut self, space: AddrSpace, gma: u64, level: u8) -> Result<usize, Reason> {
+        if let Some(&i) = self.seen.get(&(space, gma, level)) {
+            return Ok(i);
+        }
+        if self.out.batches.len() >= self.p.limits.max_batches {
+            return Err(Reason::TooManyBuffers(self.p.limits.max_batches));
+        }
+        let i = self.out.batches.len();
+        self.out.batches.push(ShadowBuffer { kind: BufferKind::Batch { level, space, gma }, dwords: Vec::new() });
+        self.seen.insert((space, gma, level), i);
+        self.queue.push(i + 1);
+        Ok(i)
+    }
+
+    /// Copies the next chunk (to the next page boundary) of a batch into its shadow.
+    fn extend(&mut self, kind: BufferKind, dwords: &mut Vec<u32>) -> Result<(), Reason> {
+        let BufferKind::Batch { space, gma, .. } = kind else {
+            return Err(Reason::Unterminated(dwords.len() as u64 * 4));
+        };
+        let have = dwords.len() as u64 * 4;
+        let at = gma.checked_add(have).ok_or(Reason::Unterminated(have))?;
+        let chunk = PAGE_SIZE - at % PAGE_SIZE;
+        self.charge(chunk)?;
+        let old = dwords.len();
+        dwords.resize(old + (chunk / 4) as usize, 0);
+        let tail = dwords.get_mut(old..).ok_or(Reason::Unterminated(have))?;
+        copy_from_gm(self.mem, self.xlate, space, at, zerocopy::IntoBytes::as_mut_bytes(tail))
+            .map_err(|f| fault_reason(space, f))?;
+        for d in tail.iter_mut() {
+            *d = u32::from_le(*d);
+        }
+        Ok(())
+    }
+
+    /// Scans one buffer to its end.
+    fn walk(&mut self, id: BufferId) -> Result<(), ScanError> {
+        let (kind, mut dwords) = match id.checked_sub(1) {
+            None => (BufferKind::Ring, std::mem::take(&mut self.out.ring.dwords)),
+            Some(i) => match self.out.batches.get_mut(i) {
+                Some(b) => (b.kind, std::mem::take(&mut b.dwords)),
+                None => return Ok(()),
+            },
+        };
+        let result = self.walk_dwords(id, kind, &mut dwords);
+        match id.checked_sub(1) {
+            None => self.out.ring.dwords = dwords,
+            Some(i) => {
+                if let Some(b) = self.out.batches.get_mut(i) {
+                    b.dwords = dwords;
+                }
+            }
+        }
+        result
+    }
+
+    fn walk_dwords(&mut self, id: BufferId, kind: BufferKind, dwords: &mut Vec<u32>) -> Result<(), ScanError> {
+        let engine = self.p.engine;
+        let mut i = 0usize;
+        let at = |i: usize, command| Location { buffer: kind, offset: i as u64 * 4, command };
+        loop {
+            if i >= dwords.len() {
+                if kind == BufferKind::Ring {
+                    return Ok(());
+                }
+                self.extend(kind, dwords).map_err(|reason| ScanError { at: at(i, None), reason })?;
+                continue;
+            }
+            let dw0 = dwords.get(i).copied().unwrap_or(0);
+            if dw0 == 0 {
+                let run = dwords.get(i..).map_or(0, |rest| rest.iter().take_while(|&&d| d == 0).count());
+                self.obs.noops(kind, i as u64 * 4, run as u64);
+                self.out.stats.noops += run as u64;
+                i += run;
+                continue;
+            }
+            let desc = match self.table.decode(engine, dw0) {
+                Decoded::Command(d) => d,
+                Decoded::WrongEngine(d) => {
+                    return Err(ScanError { at: at(i, Some(d.name)), reason: Reason::WrongEngine(engine) })
+                }
+                Decoded::Unknown => {
+                    return Err(ScanError { at: at(i, None), reason: Reason::UnknownCommand { dw0, engine } })
+                }
+            };
+            let len = desc.length.of(dw0) as usize;
+            while i + len > dwords.len() {
+                if kind == BufferKind::Ring {
+                    let reason = Reason::Truncated { len: len as u32, available: (dwords.len() - i) as u64 };
+                    return Err(ScanError { at: at(i, Some(desc.name)), reason });
+                }
+                self.extend(kind, dwords).map_err(|reason| ScanError { at: at(i, Some(desc.name)), reason })?;
+            }
+            let ctx = BufCtx { id, kind, dword: i };
+            let Some(cmd) = dwords.get_mut(i..i + len) else {
+                return Err(ScanError { at: at(i, Some(desc.name)), reason: Reason::Unterminated(i as u64 * 4) });
+            };
+            let patched_before = self.out.stats.patched;
+            let flow = self.handle(desc, cmd, ctx).map_err(|reason| ScanError { at: at(i, Some(desc.name)), reason })?;
+            self.out.stats.commands += 1;
+            let verdict = if self.out.stats.patched != patched_before { Verdict::Patched } else { Verdict::Accepted };
+            self.obs.command(kind, i as u64 * 4, desc, cmd, verdict);
+            i += len;
+            if let Flow::End = flow {
+                dwords.truncate(i);
+                return Ok(());
+            }
+        }
+    }
+}
+
+pub(super) fn fault_reason(space: AddrSpace, f: CopyFault) -> Reason {
+    match f {
+        CopyFault::Unmapped(gma) => Reason::Unmapped { space, gma },
+        CopyFault::BadGuestAddress(gpa) => Reason::BadGuestMemory(gpa),
+    }
+}

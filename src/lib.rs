@@ -1,0 +1,5 @@
+//! shadowgpu: mediated pass-through vGPUs for Intel Gen8/Gen9 integrated GPUs.
+#![deny(missing_docs)]
+
+pub mod cmd;
+pub mod hw;

@@ -11,7 +11,12 @@
 //! engine) fails the build.
 
 // Build-time code over the crate's own data files: a malformed row should stop the build loudly.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -64,7 +69,8 @@ fn parse_csv(text: &str) -> Vec<BTreeMap<String, String>> {
 }
 
 fn hex(s: &str) -> u32 {
-    u32::from_str_radix(s.trim().trim_start_matches("0x"), 16).unwrap_or_else(|_| panic!("hex `{s}`"))
+    u32::from_str_radix(s.trim().trim_start_matches("0x"), 16)
+        .unwrap_or_else(|_| panic!("hex `{s}`"))
 }
 
 fn engines_of(s: &str) -> u8 {
@@ -130,7 +136,9 @@ fn handler_for(name: &str) -> &'static str {
         "MI_SET_CONTEXT" => "Handler::Reject(Rejection::SetContext)",
         "MI_UPDATE_GTT" => "Handler::Reject(Rejection::UpdateGtt)",
         "MI_DISPLAY_FLIP" => "Handler::Reject(Rejection::DisplayFlip)",
-        "MI_LOAD_SCAN_LINES_INCL" | "MI_LOAD_SCAN_LINES_EXCL" => "Handler::Reject(Rejection::ScanLines)",
+        "MI_LOAD_SCAN_LINES_INCL" | "MI_LOAD_SCAN_LINES_EXCL" => {
+            "Handler::Reject(Rejection::ScanLines)"
+        }
         "MI_STORE_DATA_INDEX" => "Handler::Reject(Rejection::StoreDataIndex)",
         "MI_CLFLUSH" => "Handler::Reject(Rejection::ClFlush)",
         "XY_SRC_COPY_BLT" => "Handler::Blit(BlitKind::SrcCopy)",
@@ -221,7 +229,8 @@ fn type_bits(c: Class) -> u32 {
 }
 
 fn gen_tables(gen: u32, data: &Path, out: &mut String) {
-    let genxml = parse_csv(&std::fs::read_to_string(data.join(format!("gen{gen}-commands.csv"))).unwrap());
+    let genxml =
+        parse_csv(&std::fs::read_to_string(data.join(format!("gen{gen}-commands.csv"))).unwrap());
     let gvt = parse_csv(&std::fs::read_to_string(data.join("gvt-cmd-table.csv")).unwrap());
     let blt = parse_csv(&std::fs::read_to_string(data.join("blitter-commands.csv")).unwrap());
 
@@ -238,7 +247,10 @@ fn gen_tables(gen: u32, data: &Path, out: &mut String) {
             let (hi, lo) = r["length_field_bits"].split_once(':').unwrap();
             assert_eq!(lo, "0");
             let hi: u32 = hi.parse().unwrap();
-            format!("Length::Field {{ mask: {:#x}, bias: {bias} }}", (1u32 << (hi + 1)) - 1)
+            format!(
+                "Length::Field {{ mask: {:#x}, bias: {bias} }}",
+                (1u32 << (hi + 1)) - 1
+            )
         } else {
             format!("Length::Fixed({})", r["xml_length_dw"])
         };
@@ -254,7 +266,11 @@ fn gen_tables(gen: u32, data: &Path, out: &mut String) {
         };
         descs.push((d, class_of(ty, engines)));
     }
-    let gen_devices: &[&str] = if gen == 8 { &["BDW"] } else { &["SKL", "KBL", "CFL"] };
+    let gen_devices: &[&str] = if gen == 8 {
+        &["BDW"]
+    } else {
+        &["SKL", "KBL", "CFL"]
+    };
     for r in &gvt {
         if !r["devices"].split('|').any(|d| gen_devices.contains(&d)) {
             continue;
@@ -282,7 +298,10 @@ fn gen_tables(gen: u32, data: &Path, out: &mut String) {
         let length = if r["flags"].contains("F_LEN_CONST") {
             format!("Length::Fixed({len})")
         } else {
-            format!("Length::Field {{ mask: {:#x}, bias: 2 }}", (1u32 << len) - 1)
+            format!(
+                "Length::Field {{ mask: {:#x}, bias: 2 }}",
+                (1u32 << len) - 1
+            )
         };
         let d = Desc {
             name: r["name"].clone(),
@@ -313,7 +332,11 @@ fn gen_tables(gen: u32, data: &Path, out: &mut String) {
             name: r["name"].clone(),
             mask: hex(&r["header_mask"]),
             value: hex(&r["header_value"]),
-            length: format!("Length::Field {{ mask: {:#x}, bias: {} }}", (1u32 << (hi + 1)) - 1, r["bias"]),
+            length: format!(
+                "Length::Field {{ mask: {:#x}, bias: {} }}",
+                (1u32 << (hi + 1)) - 1,
+                r["bias"]
+            ),
             engines: BCS,
             handler: handler_for(&r["name"]),
             addrs,
@@ -324,7 +347,12 @@ fn gen_tables(gen: u32, data: &Path, out: &mut String) {
 
     let g = format!("GEN{gen}");
     writeln!(out, "/// Gen{gen} command descriptors.").unwrap();
-    writeln!(out, "pub(crate) static {g}_DESCS: [CmdDesc; {}] = [", descs.len()).unwrap();
+    writeln!(
+        out,
+        "pub(crate) static {g}_DESCS: [CmdDesc; {}] = [",
+        descs.len()
+    )
+    .unwrap();
     for (d, _) in &descs {
         writeln!(
             out,
@@ -346,7 +374,13 @@ fn gen_tables(gen: u32, data: &Path, out: &mut String) {
     }
     writeln!(out, "];").unwrap();
 
-    for class in [Class::Mi, Class::TwoD, Class::Render, Class::Video, Class::Vebox] {
+    for class in [
+        Class::Mi,
+        Class::TwoD,
+        Class::Render,
+        Class::Video,
+        Class::Vebox,
+    ] {
         let (shift, bits) = key_space(class);
         let n = 1usize << bits;
         let mut table = vec![0u16; n];
@@ -355,7 +389,12 @@ fn gen_tables(gen: u32, data: &Path, out: &mut String) {
             if !classes.contains(&class) {
                 continue;
             }
-            assert_eq!(d.value >> 29, type_bits(class) >> 29, "{} in wrong class", d.name);
+            assert_eq!(
+                d.value >> 29,
+                type_bits(class) >> 29,
+                "{} in wrong class",
+                d.name
+            );
             for (k, slot) in table.iter_mut().enumerate() {
                 let dw0 = type_bits(class) | ((k as u32) << shift);
                 let key_mask = (((1u32 << bits) - 1) << shift) | 0xe000_0000;
@@ -390,14 +429,27 @@ fn gen_tables(gen: u32, data: &Path, out: &mut String) {
             Class::Video => "VIDEO",
             Class::Vebox => "VEBOX",
         };
-        writeln!(out, "/// Gen{gen} {cname} decode table: descriptor index + 1, 0 for none.").unwrap();
-        writeln!(out, "pub(crate) static {g}_{cname}: [u16; {n}] = {table:?};").unwrap();
+        writeln!(
+            out,
+            "/// Gen{gen} {cname} decode table: descriptor index + 1, 0 for none."
+        )
+        .unwrap();
+        writeln!(
+            out,
+            "pub(crate) static {g}_{cname}: [u16; {n}] = {table:?};"
+        )
+        .unwrap();
     }
 }
 
 fn main() {
     let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("data");
-    for f in ["gen8-commands.csv", "gen9-commands.csv", "gvt-cmd-table.csv", "blitter-commands.csv"] {
+    for f in [
+        "gen8-commands.csv",
+        "gen9-commands.csv",
+        "gvt-cmd-table.csv",
+        "blitter-commands.csv",
+    ] {
         println!("cargo:rerun-if-changed=data/{f}");
     }
     println!("cargo:rerun-if-changed=build.rs");

@@ -5,8 +5,10 @@
 //! interrupt requests in the copy, and returns the [`ScannedWorkload`] that will run, or a
 //! [`ScanError`] saying where and why the stream was rejected.
 
+pub mod emit;
 mod error;
 mod handlers;
+pub mod image;
 mod memory;
 pub mod regs;
 mod scan;
@@ -14,7 +16,12 @@ pub mod table;
 mod workload;
 
 pub use error::{BufferKind, Location, Reason, ScanError};
-pub use memory::{copy_from_gm, AddrSpace, CopyFault, GmRange, GmTranslate, GmWindows, LinearTranslation, PAGE_SIZE};
+pub use memory::{
+    copy_from_gm, AddrSpace, CopyFault, GmRange, GmTranslate, GmWindows, LinearTranslation,
+    PAGE_SIZE,
+};
 pub use scan::{scan_ring, RingSpec, ScanLimits, ScanObserver, ScanParams, Verdict};
 pub use table::{CmdDesc, CommandTable, Decoded, Handler, Length};
 pub use workload::{BufferId, Events, Reloc, RootLoad, ScanStats, ScannedWorkload, ShadowBuffer};
+#[cfg(test)]
+mod scan_tests;

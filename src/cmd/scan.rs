@@ -40,7 +40,10 @@ pub struct ScanLimits {
 
 impl Default for ScanLimits {
     fn default() -> Self {
-        ScanLimits { max_bytes: 32 << 20, max_batches: 4096 }
+        ScanLimits {
+            max_bytes: 32 << 20,
+            max_batches: 4096,
+        }
     }
 }
 
@@ -79,7 +82,14 @@ pub enum Verdict {
 /// and costs nothing.
 pub trait ScanObserver {
     /// A command was accepted; `cmd` is the shadow copy after any patch.
-    fn command(&mut self, buffer: BufferKind, offset: u64, desc: &'static CmdDesc, cmd: &[u32], verdict: Verdict);
+    fn command(
+        &mut self,
+        buffer: BufferKind,
+        offset: u64,
+        desc: &'static CmdDesc,
+        cmd: &[u32],
+        verdict: Verdict,
+    );
     /// A run of `count` MI_NOOP dwords was skipped.
     fn noops(&mut self, _buffer: BufferKind, _offset: u64, _count: u64) {}
 }
@@ -118,7 +128,12 @@ impl ScanObserver for () {
 /// assert_eq!(w.ring.dwords[4], 0); // the interrupt request became MI_NOOP...
 /// assert!(w.events.contains(shadowgpu::cmd::Events::USER_INTERRUPT)); // ...and is raised at completion.
 /// ```
-pub fn scan_ring<M, T, O>(mem: &M, xlate: &T, params: &ScanParams, observer: &mut O) -> Result<ScannedWorkload, ScanError>
+pub fn scan_ring<M, T, O>(
+    mem: &M,
+    xlate: &T,
+    params: &ScanParams,
+    observer: &mut O,
+) -> Result<ScannedWorkload, ScanError>
 where
     M: GuestMemory + ?Sized,
     T: GmTranslate + ?Sized,
@@ -131,7 +146,10 @@ where
         table: CommandTable::for_gen(params.gen),
         obs: observer,
         out: ScannedWorkload {
-            ring: ShadowBuffer { kind: BufferKind::Ring, dwords: Vec::new() },
+            ring: ShadowBuffer {
+                kind: BufferKind::Ring,
+                dwords: Vec::new(),
+            },
             batches: Vec::new(),
             relocs: Vec::new(),
             root_loads: Vec::new(),
@@ -200,13 +218,22 @@ where
     O: ScanObserver + ?Sized,
 {
     fn ring_error(&self, reason: Reason) -> ScanError {
-        ScanError { at: Location { buffer: BufferKind::Ring, offset: 0, command: None }, reason }
+        ScanError {
+            at: Location {
+                buffer: BufferKind::Ring,
+                offset: 0,
+                command: None,
+            },
+            reason,
+        }
     }
 
     fn charge(&mut self, bytes: u64) -> Result<(), Reason> {
         let total = self.out.stats.bytes_copied.saturating_add(bytes);
         if total > self.p.limits.max_bytes {
-            return Err(Reason::Budget { limit: self.p.limits.max_bytes });
+            return Err(Reason::Budget {
+                limit: self.p.limits.max_bytes,
+            });
         }
         self.out.stats.bytes_copied = total;
         Ok(())
@@ -235,14 +262,26 @@ where
                 size: u64::from(r.size),
             }));
         }
-        let len = if r.tail >= r.head { r.tail - r.head } else { r.size - r.head + r.tail };
-        self.charge(u64::from(len)).map_err(|e| self.ring_error(e))?;
+        let len = if r.tail >= r.head {
+            r.tail - r.head
+        } else {
+            r.size - r.head + r.tail
+        };
+        self.charge(u64::from(len))
+            .map_err(|e| self.ring_error(e))?;
         let mut dwords = vec![0u32; (len / 4) as usize];
         let bytes = zerocopy::IntoBytes::as_mut_bytes(dwords.as_mut_slice());
         let first = (r.size - r.head).min(len) as usize;
         let (a, b) = bytes.split_at_mut(first);
         let fault = |f| self.ring_error(fault_reason(AddrSpace::Ggtt, f));
-        copy_from_gm(self.mem, self.xlate, AddrSpace::Ggtt, r.start + u64::from(r.head), a).map_err(fault)?;
+        copy_from_gm(
+            self.mem,
+            self.xlate,
+            AddrSpace::Ggtt,
+            r.start + u64::from(r.head),
+            a,
+        )
+        .map_err(fault)?;
         copy_from_gm(self.mem, self.xlate, AddrSpace::Ggtt, r.start, b).map_err(fault)?;
         for d in dwords.iter_mut() {
             *d = u32::from_le(*d);
@@ -260,7 +299,10 @@ where
             return Err(Reason::TooManyBuffers(self.p.limits.max_batches));
         }
         let i = self.out.batches.len();
-        self.out.batches.push(ShadowBuffer { kind: BufferKind::Batch { level, space, gma }, dwords: Vec::new() });
+        self.out.batches.push(ShadowBuffer {
+            kind: BufferKind::Batch { level, space, gma },
+            dwords: Vec::new(),
+        });
         self.seen.insert((space, gma, level), i);
         self.queue.push(i + 1);
         Ok(i)
@@ -278,8 +320,14 @@ where
         let old = dwords.len();
         dwords.resize(old + (chunk / 4) as usize, 0);
         let tail = dwords.get_mut(old..).ok_or(Reason::Unterminated(have))?;
-        copy_from_gm(self.mem, self.xlate, space, at, zerocopy::IntoBytes::as_mut_bytes(tail))
-            .map_err(|f| fault_reason(space, f))?;
+        copy_from_gm(
+            self.mem,
+            self.xlate,
+            space,
+            at,
+            zerocopy::IntoBytes::as_mut_bytes(tail),
+        )
+        .map_err(|f| fault_reason(space, f))?;
         for d in tail.iter_mut() {
             *d = u32::from_le(*d);
         }
@@ -307,21 +355,35 @@ where
         result
     }
 
-    fn walk_dwords(&mut self, id: BufferId, kind: BufferKind, dwords: &mut Vec<u32>) -> Result<(), ScanError> {
+    fn walk_dwords(
+        &mut self,
+        id: BufferId,
+        kind: BufferKind,
+        dwords: &mut Vec<u32>,
+    ) -> Result<(), ScanError> {
         let engine = self.p.engine;
         let mut i = 0usize;
-        let at = |i: usize, command| Location { buffer: kind, offset: i as u64 * 4, command };
+        let at = |i: usize, command| Location {
+            buffer: kind,
+            offset: i as u64 * 4,
+            command,
+        };
         loop {
             if i >= dwords.len() {
                 if kind == BufferKind::Ring {
                     return Ok(());
                 }
-                self.extend(kind, dwords).map_err(|reason| ScanError { at: at(i, None), reason })?;
+                self.extend(kind, dwords).map_err(|reason| ScanError {
+                    at: at(i, None),
+                    reason,
+                })?;
                 continue;
             }
             let dw0 = dwords.get(i).copied().unwrap_or(0);
             if dw0 == 0 {
-                let run = dwords.get(i..).map_or(0, |rest| rest.iter().take_while(|&&d| d == 0).count());
+                let run = dwords
+                    .get(i..)
+                    .map_or(0, |rest| rest.iter().take_while(|&&d| d == 0).count());
                 self.obs.noops(kind, i as u64 * 4, run as u64);
                 self.out.stats.noops += run as u64;
                 i += run;
@@ -330,28 +392,53 @@ where
             let desc = match self.table.decode(engine, dw0) {
                 Decoded::Command(d) => d,
                 Decoded::WrongEngine(d) => {
-                    return Err(ScanError { at: at(i, Some(d.name)), reason: Reason::WrongEngine(engine) })
+                    return Err(ScanError {
+                        at: at(i, Some(d.name)),
+                        reason: Reason::WrongEngine(engine),
+                    })
                 }
                 Decoded::Unknown => {
-                    return Err(ScanError { at: at(i, None), reason: Reason::UnknownCommand { dw0, engine } })
+                    return Err(ScanError {
+                        at: at(i, None),
+                        reason: Reason::UnknownCommand { dw0, engine },
+                    })
                 }
             };
             let len = desc.length.of(dw0) as usize;
             while i + len > dwords.len() {
                 if kind == BufferKind::Ring {
-                    let reason = Reason::Truncated { len: len as u32, available: (dwords.len() - i) as u64 };
-                    return Err(ScanError { at: at(i, Some(desc.name)), reason });
+                    let reason = Reason::Truncated {
+                        len: len as u32,
+                        available: (dwords.len() - i) as u64,
+                    };
+                    return Err(ScanError {
+                        at: at(i, Some(desc.name)),
+                        reason,
+                    });
                 }
-                self.extend(kind, dwords).map_err(|reason| ScanError { at: at(i, Some(desc.name)), reason })?;
+                self.extend(kind, dwords).map_err(|reason| ScanError {
+                    at: at(i, Some(desc.name)),
+                    reason,
+                })?;
             }
             let ctx = BufCtx { id, kind, dword: i };
             let Some(cmd) = dwords.get_mut(i..i + len) else {
-                return Err(ScanError { at: at(i, Some(desc.name)), reason: Reason::Unterminated(i as u64 * 4) });
+                return Err(ScanError {
+                    at: at(i, Some(desc.name)),
+                    reason: Reason::Unterminated(i as u64 * 4),
+                });
             };
             let patched_before = self.out.stats.patched;
-            let flow = self.handle(desc, cmd, ctx).map_err(|reason| ScanError { at: at(i, Some(desc.name)), reason })?;
+            let flow = self.handle(desc, cmd, ctx).map_err(|reason| ScanError {
+                at: at(i, Some(desc.name)),
+                reason,
+            })?;
             self.out.stats.commands += 1;
-            let verdict = if self.out.stats.patched != patched_before { Verdict::Patched } else { Verdict::Accepted };
+            let verdict = if self.out.stats.patched != patched_before {
+                Verdict::Patched
+            } else {
+                Verdict::Accepted
+            };
             self.obs.command(kind, i as u64 * 4, desc, cmd, verdict);
             i += len;
             if let Flow::End = flow {

@@ -72,8 +72,12 @@ impl AddrField {
         } else {
             low
         };
-        let width = u32::from(self.hi).checked_sub(u32::from(self.lo))?.checked_add(1)?;
-        let mask = u64::MAX.checked_shr(64u32.saturating_sub(width)).unwrap_or(0);
+        let width = u32::from(self.hi)
+            .checked_sub(u32::from(self.lo))?
+            .checked_add(1)?;
+        let mask = u64::MAX
+            .checked_shr(64u32.saturating_sub(width))
+            .unwrap_or(0);
         Some((word >> self.lo & mask) << self.lo)
     }
 
@@ -175,8 +179,12 @@ impl Rejection {
     /// The reason given to the guest's owner.
     pub const fn reason(self) -> &'static str {
         match self {
-            Rejection::SetContext => "legacy ring-buffer context switch; contexts are switched only by execlists",
-            Rejection::UpdateGtt => "writes GTT entries directly; GTT updates go through the mediated GTT region",
+            Rejection::SetContext => {
+                "legacy ring-buffer context switch; contexts are switched only by execlists"
+            }
+            Rejection::UpdateGtt => {
+                "writes GTT entries directly; GTT updates go through the mediated GTT region"
+            }
             Rejection::DisplayFlip => "flips a display plane; the vGPU owns no display plane",
             Rejection::ScanLines => "programs display scan-line windows; the vGPU owns no pipe",
             Rejection::StoreDataIndex => "writes into the host engine's status page",
@@ -358,18 +366,28 @@ mod tests {
         let t = gen9();
         // PIPE_CONTROL is render only; type 3 does not exist on the blitter.
         assert_eq!(t.decode(Engine::Bcs, 0x7a00_0004), Decoded::Unknown);
-        assert!(matches!(t.decode(Engine::Vcs, 0x7a00_0004), Decoded::Unknown | Decoded::WrongEngine(_)));
+        assert!(matches!(
+            t.decode(Engine::Vcs, 0x7a00_0004),
+            Decoded::Unknown | Decoded::WrongEngine(_)
+        ));
         // 2D commands are blitter only.
         assert_eq!(t.decode(Engine::Rcs, 0x54c0_0008), Decoded::Unknown);
         // MI_URB_ATOMIC_ALLOC is render only.
-        assert!(matches!(t.decode(Engine::Bcs, 0x0480_0000), Decoded::WrongEngine(_)));
+        assert!(matches!(
+            t.decode(Engine::Bcs, 0x0480_0000),
+            Decoded::WrongEngine(_)
+        ));
     }
 
     #[test]
     fn video_families_present_on_gen9() {
         let t = gen9();
         for prefix in ["HCP_", "HUC_", "VDENC_", "SFC_", "VD_PIPELINE_FLUSH"] {
-            let d = t.descriptors().iter().find(|d| d.name.starts_with(prefix)).unwrap();
+            let d = t
+                .descriptors()
+                .iter()
+                .find(|d| d.name.starts_with(prefix))
+                .unwrap();
             assert!(
                 matches!(t.decode(Engine::Vcs, d.header_value), Decoded::Command(x) if x.name == d.name),
                 "{}",
@@ -380,13 +398,27 @@ mod tests {
 
     #[test]
     fn addr_field_reads_split_fields() {
-        let f = AddrField { name: "a", dword: 1, lo: 2, hi: 47, stride: 0, count: 1 };
+        let f = AddrField {
+            name: "a",
+            dword: 1,
+            lo: 2,
+            hi: 47,
+            stride: 0,
+            count: 1,
+        };
         let cmd = [0u32, 0xdead_beef, 0xffff_1234];
         assert_eq!(f.read(&cmd, 0), Some(0x1234_dead_beec));
         assert_eq!(f.read(&cmd[..2], 0), None);
         assert_eq!(f.elements(3), 1);
         assert_eq!(f.elements(2), 0);
-        let g = AddrField { name: "g", dword: 2, lo: 0, hi: 63, stride: 4, count: 0 };
+        let g = AddrField {
+            name: "g",
+            dword: 2,
+            lo: 0,
+            hi: 63,
+            stride: 4,
+            count: 0,
+        };
         assert_eq!(g.elements(2 + 4 * 3), 3);
         assert_eq!(g.elements(2 + 4 * 3 + 2), 4);
     }

@@ -111,9 +111,16 @@ impl ScannedWorkload {
     /// and returns the graphics address (in the batch's own address space) where that shadow batch
     /// will be visible to the engine.
     pub fn relocate(&mut self, mut place: impl FnMut(usize, &ShadowBuffer) -> u64) {
-        let addrs: Vec<u64> = self.batches.iter().enumerate().map(|(i, b)| place(i, b)).collect();
+        let addrs: Vec<u64> = self
+            .batches
+            .iter()
+            .enumerate()
+            .map(|(i, b)| place(i, b))
+            .collect();
         for r in self.relocs.clone() {
-            let Some(&addr) = addrs.get(r.target) else { continue };
+            let Some(&addr) = addrs.get(r.target) else {
+                continue;
+            };
             if let Some(buf) = self.buffer_mut(r.buffer) {
                 if let Some(lo) = buf.dwords.get_mut(r.dword + 1) {
                     *lo = (addr as u32) & !3;
@@ -127,6 +134,11 @@ impl ScannedWorkload {
 
     /// Total bytes of shadow commands.
     pub fn total_bytes(&self) -> u64 {
-        self.ring.len_bytes() + self.batches.iter().map(ShadowBuffer::len_bytes).sum::<u64>()
+        self.ring.len_bytes()
+            + self
+                .batches
+                .iter()
+                .map(ShadowBuffer::len_bytes)
+                .sum::<u64>()
     }
 }

@@ -1,0 +1,3 @@
+//! Subcommands of the `shadowgpu` binary.
+
+pub mod scan;

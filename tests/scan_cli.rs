@@ -34,7 +34,7 @@ fn scan(args: &[String]) -> (i32, String, String) {
     )
 }
 
-fn base(ring: &PathBuf) -> Vec<String> {
+fn base(ring: &std::path::Path) -> Vec<String> {
     vec![
         "--platform".into(),
         "skl".into(),

@@ -11,12 +11,7 @@
 //! engine) fails the build.
 
 // Build-time code over the crate's own data files: a malformed row should stop the build loudly.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::indexing_slicing,
-    clippy::panic
-)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -69,8 +64,7 @@ fn parse_csv(text: &str) -> Vec<BTreeMap<String, String>> {
 }
 
 fn hex(s: &str) -> u32 {
-    u32::from_str_radix(s.trim().trim_start_matches("0x"), 16)
-        .unwrap_or_else(|_| panic!("hex `{s}`"))
+    u32::from_str_radix(s.trim().trim_start_matches("0x"), 16).unwrap_or_else(|_| panic!("hex `{s}`"))
 }
 
 fn engines_of(s: &str) -> u8 {
@@ -106,6 +100,9 @@ struct Desc {
     mask: u32,
     value: u32,
     length: String,
+    /// Packed length rule for the decode tables: bits 0..5 field width, 5..13 bias or fixed
+    /// length, bit 13 fixed.
+    len_code: u32,
     engines: u8,
     handler: &'static str,
     addrs: Vec<String>,
@@ -136,9 +133,7 @@ fn handler_for(name: &str) -> &'static str {
         "MI_SET_CONTEXT" => "Handler::Reject(Rejection::SetContext)",
         "MI_UPDATE_GTT" => "Handler::Reject(Rejection::UpdateGtt)",
         "MI_DISPLAY_FLIP" => "Handler::Reject(Rejection::DisplayFlip)",
-        "MI_LOAD_SCAN_LINES_INCL" | "MI_LOAD_SCAN_LINES_EXCL" => {
-            "Handler::Reject(Rejection::ScanLines)"
-        }
+        "MI_LOAD_SCAN_LINES_INCL" | "MI_LOAD_SCAN_LINES_EXCL" => "Handler::Reject(Rejection::ScanLines)",
         "MI_STORE_DATA_INDEX" => "Handler::Reject(Rejection::StoreDataIndex)",
         "MI_CLFLUSH" => "Handler::Reject(Rejection::ClFlush)",
         "XY_SRC_COPY_BLT" => "Handler::Blit(BlitKind::SrcCopy)",
@@ -190,6 +185,16 @@ fn parse_addr_fields(s: &str) -> Vec<String> {
     out
 }
 
+fn field_len(bits: u32, bias: u32) -> (String, u32) {
+    assert!(bits < 32 && bias < 256, "length field {bits} bits, bias {bias}");
+    (format!("Length::Field {{ mask: {:#x}, bias: {bias} }}", (1u32 << bits) - 1), bits | bias << 5)
+}
+
+fn fixed_len(n: u32) -> (String, u32) {
+    assert!((1..256).contains(&n), "fixed length {n}");
+    (format!("Length::Fixed({n})"), n << 5 | 1 << 13)
+}
+
 fn class_of(command_type: u32, engines: u8) -> Vec<Class> {
     match command_type {
         0 => vec![Class::Mi],
@@ -229,8 +234,7 @@ fn type_bits(c: Class) -> u32 {
 }
 
 fn gen_tables(gen: u32, data: &Path, out: &mut String) {
-    let genxml =
-        parse_csv(&std::fs::read_to_string(data.join(format!("gen{gen}-commands.csv"))).unwrap());
+    let genxml = parse_csv(&std::fs::read_to_string(data.join(format!("gen{gen}-commands.csv"))).unwrap());
     let gvt = parse_csv(&std::fs::read_to_string(data.join("gvt-cmd-table.csv")).unwrap());
     let blt = parse_csv(&std::fs::read_to_string(data.join("blitter-commands.csv")).unwrap());
 
@@ -243,22 +247,20 @@ fn gen_tables(gen: u32, data: &Path, out: &mut String) {
             engines |= VECS;
         }
         let bias: u32 = r["bias"].parse().unwrap();
-        let length = if r["has_length_field"] == "yes" {
+        let (length, len_code) = if r["has_length_field"] == "yes" {
             let (hi, lo) = r["length_field_bits"].split_once(':').unwrap();
             assert_eq!(lo, "0");
             let hi: u32 = hi.parse().unwrap();
-            format!(
-                "Length::Field {{ mask: {:#x}, bias: {bias} }}",
-                (1u32 << (hi + 1)) - 1
-            )
+            field_len(hi + 1, bias)
         } else {
-            format!("Length::Fixed({})", r["xml_length_dw"])
+            fixed_len(r["xml_length_dw"].parse().unwrap())
         };
         let d = Desc {
             name: r["name"].clone(),
             mask: hex(&r["header_mask"]),
             value: hex(&r["header_value"]),
             length,
+            len_code,
             engines,
             handler: handler_for(&r["name"]),
             addrs: parse_addr_fields(&r["address_fields"]),
@@ -266,11 +268,7 @@ fn gen_tables(gen: u32, data: &Path, out: &mut String) {
         };
         descs.push((d, class_of(ty, engines)));
     }
-    let gen_devices: &[&str] = if gen == 8 {
-        &["BDW"]
-    } else {
-        &["SKL", "KBL", "CFL"]
-    };
+    let gen_devices: &[&str] = if gen == 8 { &["BDW"] } else { &["SKL", "KBL", "CFL"] };
     for r in &gvt {
         if !r["devices"].split('|').any(|d| gen_devices.contains(&d)) {
             continue;
@@ -295,19 +293,13 @@ fn gen_tables(gen: u32, data: &Path, out: &mut String) {
             continue;
         }
         let len: u32 = r["len_or_lenbits"].parse().unwrap();
-        let length = if r["flags"].contains("F_LEN_CONST") {
-            format!("Length::Fixed({len})")
-        } else {
-            format!(
-                "Length::Field {{ mask: {:#x}, bias: 2 }}",
-                (1u32 << len) - 1
-            )
-        };
+        let (length, len_code) = if r["flags"].contains("F_LEN_CONST") { fixed_len(len) } else { field_len(len, 2) };
         let d = Desc {
             name: r["name"].clone(),
             mask,
             value,
             length,
+            len_code,
             engines,
             handler: handler_for(&r["name"]),
             addrs: Vec::new(),
@@ -322,21 +314,17 @@ fn gen_tables(gen: u32, data: &Path, out: &mut String) {
             let (range, role) = part.split_once(' ').unwrap();
             let lo_dw: u32 = range.split('-').next().unwrap().parse().unwrap();
             let role = role.trim_matches(|c| c == '(' || c == ')');
-            addrs.push(format!(
-                "AddrField {{ name: {role:?}, dword: {lo_dw}, lo: 0, hi: 47, stride: 0, count: 1 }}"
-            ));
+            addrs.push(format!("AddrField {{ name: {role:?}, dword: {lo_dw}, lo: 0, hi: 47, stride: 0, count: 1 }}"));
         }
         let (hi, _) = r["length_field_bits"].split_once(':').unwrap();
         let hi: u32 = hi.parse().unwrap();
+        let (length, len_code) = field_len(hi + 1, r["bias"].parse().unwrap());
         let d = Desc {
             name: r["name"].clone(),
             mask: hex(&r["header_mask"]),
             value: hex(&r["header_value"]),
-            length: format!(
-                "Length::Field {{ mask: {:#x}, bias: {} }}",
-                (1u32 << (hi + 1)) - 1,
-                r["bias"]
-            ),
+            length,
+            len_code,
             engines: BCS,
             handler: handler_for(&r["name"]),
             addrs,
@@ -347,12 +335,7 @@ fn gen_tables(gen: u32, data: &Path, out: &mut String) {
 
     let g = format!("GEN{gen}");
     writeln!(out, "/// Gen{gen} command descriptors.").unwrap();
-    writeln!(
-        out,
-        "pub(crate) static {g}_DESCS: [CmdDesc; {}] = [",
-        descs.len()
-    )
-    .unwrap();
+    writeln!(out, "pub(crate) static {g}_DESCS: [CmdDesc; {}] = [", descs.len()).unwrap();
     for (d, _) in &descs {
         writeln!(
             out,
@@ -374,82 +357,94 @@ fn gen_tables(gen: u32, data: &Path, out: &mut String) {
     }
     writeln!(out, "];").unwrap();
 
-    for class in [
-        Class::Mi,
-        Class::TwoD,
-        Class::Render,
-        Class::Video,
-        Class::Vebox,
+    let mut tables: Vec<(String, Vec<u32>)> = Vec::new();
+    for (class, cname) in [
+        (Class::Mi, "MI"),
+        (Class::TwoD, "BLT"),
+        (Class::Render, "RENDER"),
+        (Class::Video, "VIDEO"),
+        (Class::Vebox, "VEBOX"),
     ] {
-        let (shift, bits) = key_space(class);
-        let n = 1usize << bits;
-        let mut table = vec![0u16; n];
-        let mut owner_bits = vec![0u32; n];
-        for (i, (d, classes)) in descs.iter().enumerate() {
-            if !classes.contains(&class) {
+        tables.push((cname.to_string(), fill_table(gen, &descs, class, None)));
+    }
+    // MI commands are engine-specific: one table per engine, so a hit is valid on that engine.
+    for (engine, ename) in [(RCS, "RCS"), (BCS, "BCS"), (VCS, "VCS"), (VCS2, "VCS2"), (VECS, "VECS")] {
+        tables.push((format!("MI_{ename}"), fill_table(gen, &descs, Class::Mi, Some(engine))));
+    }
+    for (name, table) in tables {
+        writeln!(
+            out,
+            "/// Gen{gen} {name} decode table: (descriptor index + 1) << 14 | flags | length code, 0 for none."
+        )
+        .unwrap();
+        writeln!(out, "pub(crate) static {g}_{name}: [u32; {}] = {table:?};", table.len()).unwrap();
+    }
+}
+
+/// Flag of a decode-table entry: the command needs nothing but a length walk when surfaces are
+/// PPGTT-addressed (generic handler, the key covers its whole header mask, valid on every engine
+/// that uses the table).
+const FAST: u32 = 1 << 31;
+/// Flag of a decode-table entry: the command has address fields (audited with GGTT surfaces).
+const HAS_ADDRS: u32 = 1 << 30;
+
+fn class_engines(class: Class) -> u8 {
+    match class {
+        Class::Mi => ALL,
+        Class::TwoD => BCS,
+        Class::Render => RCS,
+        Class::Video => VCS | VCS2,
+        Class::Vebox => VECS,
+    }
+}
+
+fn fill_table(gen: u32, descs: &[(Desc, Vec<Class>)], class: Class, engine: Option<u8>) -> Vec<u32> {
+    let (shift, bits) = key_space(class);
+    let n = 1usize << bits;
+    let key_mask = (((1u32 << bits) - 1) << shift) | 0xe000_0000;
+    let mut table = vec![0u32; n];
+    let mut owner_bits = vec![0u32; n];
+    let users = engine.unwrap_or(class_engines(class));
+    for (i, (d, classes)) in descs.iter().enumerate() {
+        if !classes.contains(&class) || engine.is_some_and(|e| d.engines & e == 0) {
+            continue;
+        }
+        assert_eq!(d.value >> 29, type_bits(class) >> 29, "{} in wrong class", d.name);
+        for (k, slot) in table.iter_mut().enumerate() {
+            let dw0 = type_bits(class) | ((k as u32) << shift);
+            if (dw0 & d.mask & key_mask) != (d.value & d.mask & key_mask) {
                 continue;
             }
-            assert_eq!(
-                d.value >> 29,
-                type_bits(class) >> 29,
-                "{} in wrong class",
-                d.name
-            );
-            for (k, slot) in table.iter_mut().enumerate() {
-                let dw0 = type_bits(class) | ((k as u32) << shift);
-                let key_mask = (((1u32 << bits) - 1) << shift) | 0xe000_0000;
-                if (dw0 & d.mask & key_mask) != (d.value & d.mask & key_mask) {
+            let specificity = (d.mask & key_mask).count_ones();
+            if *slot != 0 {
+                let prev = &descs[((*slot >> 14) & 0xffff) as usize - 1].0;
+                if owner_bits[k] == specificity && prev.engines & d.engines != 0 {
+                    // Same encoding twice: genxml and GVT disagree on a name only; the first one stays.
+                    assert!(
+                        prev.source != d.source,
+                        "gen{gen}: {} and {} share encoding {dw0:#010x}",
+                        prev.name,
+                        d.name
+                    );
                     continue;
                 }
-                let specificity = (d.mask & key_mask).count_ones();
-                if *slot != 0 {
-                    let prev = &descs[*slot as usize - 1].0;
-                    if owner_bits[k] == specificity && prev.engines & d.engines != 0 {
-                        // Same encoding twice: genxml and GVT disagree on a name only; the first one stays.
-                        assert!(
-                            prev.source != d.source,
-                            "gen{gen}: {} and {} share encoding {dw0:#010x}",
-                            prev.name,
-                            d.name
-                        );
-                        continue;
-                    }
-                    if owner_bits[k] >= specificity {
-                        continue;
-                    }
+                if owner_bits[k] >= specificity {
+                    continue;
                 }
-                *slot = u16::try_from(i + 1).unwrap();
-                owner_bits[k] = specificity;
             }
+            let covered = d.mask & !key_mask == 0;
+            let fast = d.handler == "Handler::Generic" && covered && d.engines & users == users;
+            let flags = if fast { FAST } else { 0 } | if d.addrs.is_empty() { 0 } else { HAS_ADDRS };
+            *slot = u32::try_from(i + 1).unwrap() << 14 | flags | d.len_code;
+            owner_bits[k] = specificity;
         }
-        let cname = match class {
-            Class::Mi => "MI",
-            Class::TwoD => "BLT",
-            Class::Render => "RENDER",
-            Class::Video => "VIDEO",
-            Class::Vebox => "VEBOX",
-        };
-        writeln!(
-            out,
-            "/// Gen{gen} {cname} decode table: descriptor index + 1, 0 for none."
-        )
-        .unwrap();
-        writeln!(
-            out,
-            "pub(crate) static {g}_{cname}: [u16; {n}] = {table:?};"
-        )
-        .unwrap();
     }
+    table
 }
 
 fn main() {
     let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("data");
-    for f in [
-        "gen8-commands.csv",
-        "gen9-commands.csv",
-        "gvt-cmd-table.csv",
-        "blitter-commands.csv",
-    ] {
+    for f in ["gen8-commands.csv", "gen9-commands.csv", "gvt-cmd-table.csv", "blitter-commands.csv"] {
         println!("cargo:rerun-if-changed=data/{f}");
     }
     println!("cargo:rerun-if-changed=build.rs");

@@ -1,2 +1,66 @@
-//! placeholder
-fn main() {}
+//! Scan + shadow copy throughput of the command scanner for three command mixes, each beside a
+//! memcpy of the same bytes in the same run, so the ratio holds on a noisy machine.
+//!
+//! `cargo bench --bench cmd_scan`; figures go to docs/performance.md.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use std::hint::black_box;
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use shadowgpu::cmd::emit::CmdBuf;
+use shadowgpu::cmd::image::GmImage;
+use shadowgpu::cmd::{copy_from_gm, mix, scan_ring, AddrSpace, GmRange, GmWindows, RingSpec, ScanLimits, ScanParams};
+use shadowgpu::hw::{Engine, Gen};
+
+const BATCH: u64 = 0x1_0000_0000;
+
+fn bench_mix(c: &mut Criterion, name: &str, engine: Engine, batch: CmdBuf) {
+    let mut ring = CmdBuf::new();
+    ring.bb_start(AddrSpace::Ppgtt, BATCH, false).align_qword();
+    let img = GmImage::builder()
+        .place_dwords(AddrSpace::Ggtt, 0x10_0000, &ring.dwords)
+        .place_dwords(AddrSpace::Ppgtt, BATCH, &batch.dwords)
+        .build()
+        .unwrap();
+    let params = ScanParams {
+        gen: Gen::Gen9,
+        engine,
+        windows: GmWindows { aperture: GmRange::new(0x10_0000, 0x100_0000), hidden: GmRange::default() },
+        ring: RingSpec { start: 0x10_0000, size: 4096, head: 0, tail: ring.len_bytes() as u32 },
+        surfaces: AddrSpace::Ppgtt,
+        hwsp: None,
+        limits: ScanLimits::default(),
+    };
+    let bytes = batch.len_bytes();
+    let w = scan_ring(&img.mem, &img.xlate, &params, &mut ()).unwrap();
+    assert_eq!(w.batches[0].len_bytes(), bytes);
+
+    let mut g = c.benchmark_group(name);
+    g.throughput(Throughput::Bytes(bytes));
+    g.bench_function("scan+copy", |b| b.iter(|| scan_ring(black_box(&img.mem), &img.xlate, &params, &mut ()).unwrap()));
+    let mut shadow = vec![0u8; bytes as usize];
+    g.bench_function("copy-only", |b| {
+        b.iter(|| copy_from_gm(&img.mem, &img.xlate, AddrSpace::Ppgtt, BATCH, black_box(&mut shadow)).unwrap())
+    });
+    let src = batch.to_bytes();
+    let mut dst = vec![0u8; src.len()];
+    g.bench_function("memcpy", |b| {
+        b.iter(|| {
+            dst.copy_from_slice(black_box(&src));
+            black_box(&mut dst);
+        })
+    });
+    // Allocation included, as the scanner allocates its shadow: the fairer baseline.
+    g.bench_function("memcpy+alloc", |b| b.iter(|| black_box(black_box(&src).clone())));
+    g.finish();
+}
+
+fn benches(c: &mut Criterion) {
+    bench_mix(c, "3d-draws", Engine::Rcs, mix::render_batch(512));
+    bench_mix(c, "blitter", Engine::Bcs, mix::blit_batch(1024, 0x2_0000_0000));
+    bench_mix(c, "media", Engine::Vcs, mix::media_batch(512));
+}
+
+criterion_group!(cmd_scan, benches);
+criterion_main!(cmd_scan);

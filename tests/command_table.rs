@@ -2,12 +2,7 @@
 //! the same length rule. The data files are the crate's own copies (`data/`), so this checks the
 //! build-time generation and the O(1) decode against the source facts.
 
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::indexing_slicing,
-    clippy::panic
-)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
 
 use std::collections::HashMap;
 
@@ -67,12 +62,7 @@ fn engines(s: &str) -> Vec<Engine> {
     v
 }
 
-fn expect_command(
-    t: &CommandTable,
-    engine: Engine,
-    dw0: u32,
-    what: &str,
-) -> &'static shadowgpu::cmd::CmdDesc {
+fn expect_command(t: &CommandTable, engine: Engine, dw0: u32, what: &str) -> &'static shadowgpu::cmd::CmdDesc {
     match t.decode(engine, dw0) {
         Decoded::Command(d) => d,
         other => panic!("{what}: {dw0:#010x} on {engine}: {other:?}"),
@@ -81,10 +71,7 @@ fn expect_command(
 
 #[test]
 fn every_genxml_row_decodes_with_its_length_rule() {
-    for (gen, file) in [
-        (Gen::Gen8, "gen8-commands.csv"),
-        (Gen::Gen9, "gen9-commands.csv"),
-    ] {
+    for (gen, file) in [(Gen::Gen8, "gen8-commands.csv"), (Gen::Gen9, "gen9-commands.csv")] {
         let t = CommandTable::for_gen(gen);
         let rows = rows(file);
         assert!(rows.len() > 170, "{file}");
@@ -93,16 +80,8 @@ fn every_genxml_row_decodes_with_its_length_rule() {
             let value = hex(&r["header_value"]);
             let bias: u32 = r["bias"].parse().unwrap();
             let want = if r["has_length_field"] == "yes" {
-                let hi: u32 = r["length_field_bits"]
-                    .split(':')
-                    .next()
-                    .unwrap()
-                    .parse()
-                    .unwrap();
-                Length::Field {
-                    mask: (1 << (hi + 1)) - 1,
-                    bias,
-                }
+                let hi: u32 = r["length_field_bits"].split(':').next().unwrap().parse().unwrap();
+                Length::Field { mask: (1 << (hi + 1)) - 1, bias }
             } else {
                 Length::Fixed(r["xml_length_dw"].parse().unwrap())
             };
@@ -119,15 +98,8 @@ fn every_genxml_row_decodes_with_its_length_rule() {
 fn every_gvt_row_decodes_on_its_rings() {
     // Known genxml/GVT disagreements (genxml is the reference): three on Gen8, and GVT's constant
     // length for MI_LOAD_SCAN_LINES_INCL, which genxml gives a 6-bit length field (it is rejected anyway).
-    let gen8_exceptions = [
-        "MI_MATH",
-        "MI_CONDITIONAL_BATCH_BUFFER_END",
-        "OP_SWTESS_BASE_ADDRESS",
-    ];
-    for (gen, devices) in [
-        (Gen::Gen8, &["BDW"][..]),
-        (Gen::Gen9, &["SKL", "KBL", "CFL"][..]),
-    ] {
+    let gen8_exceptions = ["MI_MATH", "MI_CONDITIONAL_BATCH_BUFFER_END", "OP_SWTESS_BASE_ADDRESS"];
+    for (gen, devices) in [(Gen::Gen8, &["BDW"][..]), (Gen::Gen9, &["SKL", "KBL", "CFL"][..])] {
         let t = CommandTable::for_gen(gen);
         for r in rows("gvt-cmd-table.csv") {
             if !r["devices"].split('|').any(|d| devices.contains(&d)) {
@@ -142,9 +114,7 @@ fn every_gvt_row_decodes_on_its_rings() {
                     continue;
                 }
                 let d = expect_command(t, e, value, name);
-                if name == "MI_LOAD_SCAN_LINES_INCL"
-                    || gen == Gen::Gen8 && gen8_exceptions.contains(&name.as_str())
-                {
+                if name == "MI_LOAD_SCAN_LINES_INCL" || gen == Gen::Gen8 && gen8_exceptions.contains(&name.as_str()) {
                     continue;
                 }
                 match d.length {
@@ -154,10 +124,7 @@ fn every_gvt_row_decodes_on_its_rings() {
                         r["flags"]
                     ),
                     Length::Field { mask, .. } => {
-                        assert!(
-                            !r["flags"].contains("F_LEN_CONST"),
-                            "{gen:?} {name}: GVT says constant"
-                        );
+                        assert!(!r["flags"].contains("F_LEN_CONST"), "{gen:?} {name}: GVT says constant");
                         assert_eq!(mask.count_ones(), len, "{gen:?} {name}: length bits");
                     }
                 }
@@ -174,20 +141,10 @@ fn every_blitter_row_decodes_on_bcs_only() {
             let value = hex(&r["header_value"]);
             let d = expect_command(t, Engine::Bcs, value | 8, &r["name"]);
             assert_eq!(d.name, r["name"]);
-            assert_eq!(
-                d.length,
-                Length::Field {
-                    mask: 0xff,
-                    bias: 2
-                }
-            );
+            assert_eq!(d.length, Length::Field { mask: 0xff, bias: 2 });
             assert_eq!(d.length.of(value | 8), 10);
             for e in [Engine::Rcs, Engine::Vcs, Engine::Vecs] {
-                assert!(
-                    !matches!(t.decode(e, value), Decoded::Command(_)),
-                    "{} on {e}",
-                    d.name
-                );
+                assert!(!matches!(t.decode(e, value), Decoded::Command(_)), "{} on {e}", d.name);
             }
         }
     }
@@ -202,7 +159,11 @@ fn decode_is_total_over_every_header() {
         for e in Engine::ALL {
             for hi in 0..=0xffffu32 {
                 let dw0 = hi << 16 | 0x5;
-                if let Decoded::Command(d) = t.decode(e, dw0) {
+                let (decoded, len) = t.decode_with_len(e, dw0);
+                if let Decoded::Command(d) | Decoded::WrongEngine(d) = decoded {
+                    assert_eq!(len, d.length.of(dw0), "{} packed length", d.name);
+                }
+                if let Decoded::Command(d) = decoded {
                     assert_eq!(dw0 & d.header_mask, d.header_value);
                     assert!(d.engines.has(e));
                     assert!(d.length.of(dw0) >= 1);

@@ -1,12 +1,7 @@
 //! Replays every fuzz corpus under `fuzz/corpus/` through the same entry points the fuzz targets
 //! use, so the corpora are regression tests under plain `cargo test`.
 
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::indexing_slicing,
-    clippy::panic
-)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
 
 use std::path::PathBuf;
 
@@ -17,9 +12,7 @@ fn targets() -> Vec<(&'static str, Target)> {
 }
 
 fn corpus(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("fuzz/corpus")
-        .join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus").join(name)
 }
 
 #[test]
@@ -38,10 +31,7 @@ fn corpora_replay_without_violations() {
             n += 1;
         }
         assert!(n >= 5, "corpus {name} has only {n} inputs");
-        assert!(
-            accepted >= 5,
-            "corpus {name}: only {accepted} of {n} inputs are accepted streams"
-        );
+        assert!(accepted >= 5, "corpus {name}: only {accepted} of {n} inputs are accepted streams");
     }
 }
 

@@ -1,11 +1,6 @@
 //! The `shadowgpu scan` command: listing, verdicts, JSON, exit codes.
 
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::indexing_slicing,
-    clippy::panic
-)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -22,16 +17,8 @@ fn tmp(name: &str, cmds: &CmdBuf) -> PathBuf {
 }
 
 fn scan(args: &[String]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_shadowgpu"))
-        .arg("scan")
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap(),
-        String::from_utf8(out.stdout).unwrap(),
-        String::from_utf8(out.stderr).unwrap(),
-    )
+    let out = Command::new(env!("CARGO_BIN_EXE_shadowgpu")).arg("scan").args(args).output().unwrap();
+    (out.status.code().unwrap(), String::from_utf8(out.stdout).unwrap(), String::from_utf8(out.stderr).unwrap())
 }
 
 fn base(ring: &std::path::Path) -> Vec<String> {
@@ -56,38 +43,21 @@ fn accepted_stream_lists_every_command() {
     let mut pp = CmdBuf::new();
     pp.store_dword(Ppgtt, 0x7000, 2).user_interrupt().bb_end();
     let mut ring = CmdBuf::new();
-    ring.bb_start(Ggtt, 0x10_8000, false)
-        .bb_start(Ppgtt, 0xffff_ffff_0000_0000, false)
-        .user_interrupt();
+    ring.bb_start(Ggtt, 0x10_8000, false).bb_start(Ppgtt, 0xffff_ffff_0000_0000, false).user_interrupt();
     let r = tmp("ok-ring.bin", &ring);
     let mut args = base(&r);
     args.push("--batch".into());
-    args.push(format!(
-        "{}@0x108000",
-        tmp("ok-batch.bin", &batch).display()
-    ));
+    args.push(format!("{}@0x108000", tmp("ok-batch.bin", &batch).display()));
     args.push("--ppgtt".into());
-    args.push(format!(
-        "{}@0xffff00000000",
-        tmp("ok-pp.bin", &pp).display()
-    ));
+    args.push(format!("{}@0xffff00000000", tmp("ok-pp.bin", &pp).display()));
     let (code, out, err) = scan(&args);
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("MI_BATCH_BUFFER_START"), "{out}");
     assert!(out.contains("batch L1 ggtt@0x108000"), "{out}");
     assert!(out.contains("batch L1 ppgtt@0xffff00000000"), "{out}");
-    assert!(
-        out.contains("MI_USER_INTERRUPT") && out.contains("patched"),
-        "{out}"
-    );
+    assert!(out.contains("MI_USER_INTERRUPT") && out.contains("patched"), "{out}");
     assert!(out.contains("Address=0x180000"), "{out}");
-    assert!(
-        out.lines()
-            .last()
-            .unwrap()
-            .starts_with("accepted: 8 commands"),
-        "{out}"
-    );
+    assert!(out.lines().last().unwrap().starts_with("accepted: 8 commands"), "{out}");
 }
 
 #[test]
@@ -97,14 +67,8 @@ fn rejected_stream_exits_1_with_the_reason() {
     let (code, out, _) = scan(&base(&tmp("bad-ring.bin", &ring)));
     assert_eq!(code, 1, "{out}");
     let last = out.lines().last().unwrap();
-    assert!(
-        last.starts_with("rejected: ring +0x8 MI_STORE_DATA_IMM"),
-        "{last}"
-    );
-    assert!(
-        last.contains("outside the vGPU's graphics memory"),
-        "{last}"
-    );
+    assert!(last.starts_with("rejected: ring +0x8 MI_STORE_DATA_IMM"), "{last}");
+    assert!(last.contains("outside the vGPU's graphics memory"), "{last}");
 }
 
 #[test]
@@ -128,20 +92,12 @@ fn json_and_summary() {
     let (code, out, _) = scan(&args);
     assert_eq!(code, 0);
     assert_eq!(out.lines().count(), 1, "{out}");
-    assert!(
-        out.starts_with("accepted: 1 commands, 6 MI_NOOP dwords"),
-        "{out}"
-    );
+    assert!(out.starts_with("accepted: 1 commands, 6 MI_NOOP dwords"), "{out}");
 }
 
 #[test]
 fn usage_and_file_errors_exit_2() {
-    let (code, _, err) = scan(&[
-        "--aperture".into(),
-        "0:1M".into(),
-        "--ring".into(),
-        "/nonexistent/ring@0".into(),
-    ]);
+    let (code, _, err) = scan(&["--aperture".into(), "0:1M".into(), "--ring".into(), "/nonexistent/ring@0".into()]);
     assert_eq!(code, 2, "{err}");
     let (code, _, _) = scan(&["--aperture".into(), "nonsense".into()]);
     assert_eq!(code, 2);

@@ -2,19 +2,14 @@
 //! register in them is allowed, accepted streams decode back to what was built, and arbitrary
 //! bytes never panic nor exceed the scan budget.
 
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::indexing_slicing,
-    clippy::panic
-)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
 
 use proptest::prelude::*;
 use shadowgpu::cmd::emit::{CmdBuf, PostSync};
 use shadowgpu::cmd::image::GmImage;
 use shadowgpu::cmd::{
-    scan_ring, AddrSpace, BufferKind, CmdDesc, CommandTable, GmRange, GmWindows, Handler, Length,
-    RingSpec, ScanLimits, ScanObserver, ScanParams, Verdict,
+    scan_ring, AddrSpace, BufferKind, CmdDesc, CommandTable, GmRange, GmWindows, Handler, Length, RingSpec, ScanLimits,
+    ScanObserver, ScanParams, Verdict,
 };
 use shadowgpu::hw::{Engine, Gen};
 
@@ -24,10 +19,7 @@ const RING: u64 = 0x20_0000;
 const RING_SIZE: u32 = 0x4_0000;
 
 fn windows() -> GmWindows {
-    GmWindows {
-        aperture: APERTURE,
-        hidden: HIDDEN,
-    }
+    GmWindows { aperture: APERTURE, hidden: HIDDEN }
 }
 
 /// A GGTT address: well inside a window, well outside, or at the last dword of a window (where
@@ -47,9 +39,7 @@ fn ggtt_addr() -> impl Strategy<Value = u64> {
 
 /// Whether `size` bytes at `a` are inside one window: the property the scanner must enforce.
 fn inside(a: u64, size: u64) -> bool {
-    [APERTURE, HIDDEN]
-        .iter()
-        .any(|w| a >= w.base && a + size <= w.end())
+    [APERTURE, HIDDEN].iter().any(|w| a >= w.base && a + size <= w.end())
 }
 
 fn reg() -> impl Strategy<Value = (u32, bool, bool)> {
@@ -73,9 +63,7 @@ fn generic_render() -> Vec<&'static CmdDesc> {
     CommandTable::for_gen(Gen::Gen9)
         .descriptors()
         .iter()
-        .filter(|d| {
-            d.handler == Handler::Generic && d.engines.has(Engine::Rcs) && d.header_value >> 29 == 3
-        })
+        .filter(|d| d.handler == Handler::Generic && d.engines.has(Engine::Rcs) && d.header_value >> 29 == 3)
         .collect()
 }
 
@@ -87,11 +75,7 @@ struct Frag {
 }
 
 fn frag(b: &mut CmdBuf, name: &'static str, valid: bool) -> Frag {
-    Frag {
-        dwords: std::mem::take(&mut b.dwords),
-        name,
-        valid,
-    }
+    Frag { dwords: std::mem::take(&mut b.dwords), name, valid }
 }
 
 fn arb_frag() -> impl Strategy<Value = Frag> {
@@ -134,23 +118,11 @@ fn arb_frag() -> impl Strategy<Value = Frag> {
             frag(CmdBuf::new().lri(&p), "MI_LOAD_REGISTER_IMM", ok)
         }),
         (ggtt_addr(), 0..4u8, any::<bool>()).prop_map(|(a, post, ggtt)| {
-            let post = [
-                PostSync::None,
-                PostSync::WriteImmediate,
-                PostSync::WriteDepthCount,
-                PostSync::WriteTimestamp,
-            ][post as usize];
-            let space = if ggtt {
-                AddrSpace::Ggtt
-            } else {
-                AddrSpace::Ppgtt
-            };
+            let post = [PostSync::None, PostSync::WriteImmediate, PostSync::WriteDepthCount, PostSync::WriteTimestamp]
+                [post as usize];
+            let space = if ggtt { AddrSpace::Ggtt } else { AddrSpace::Ppgtt };
             let valid = inside(a, 8) || post == PostSync::None || !ggtt;
-            frag(
-                CmdBuf::new().pipe_control(0, post, space, a, 1, false),
-                "PIPE_CONTROL",
-                valid,
-            )
+            frag(CmdBuf::new().pipe_control(0, post, space, a, 1, false), "PIPE_CONTROL", valid)
         }),
         (ggtt_addr(), 0..3u32).prop_map(|(a, size)| frag(
             CmdBuf::new().atomic(7, size, AddrSpace::Ggtt, a),
@@ -179,11 +151,7 @@ fn arb_frag() -> impl Strategy<Value = Frag> {
                     dws.resize((extra + bias) as usize, 0);
                 }
             }
-            Frag {
-                dwords: dws,
-                name: d.name,
-                valid: true,
-            }
+            Frag { dwords: dws, name: d.name, valid: true }
         }),
     ]
 }
@@ -192,14 +160,7 @@ fn arb_frag() -> impl Strategy<Value = Frag> {
 struct Listing(Vec<(BufferKind, u64, &'static str, Verdict)>);
 
 impl ScanObserver for Listing {
-    fn command(
-        &mut self,
-        buffer: BufferKind,
-        offset: u64,
-        desc: &'static CmdDesc,
-        _cmd: &[u32],
-        verdict: Verdict,
-    ) {
+    fn command(&mut self, buffer: BufferKind, offset: u64, desc: &'static CmdDesc, _cmd: &[u32], verdict: Verdict) {
         self.0.push((buffer, offset, desc.name, verdict));
     }
 }
@@ -209,12 +170,7 @@ fn params(tail: u32) -> ScanParams {
         gen: Gen::Gen9,
         engine: Engine::Rcs,
         windows: windows(),
-        ring: RingSpec {
-            start: RING,
-            size: RING_SIZE,
-            head: 0,
-            tail,
-        },
+        ring: RingSpec { start: RING, size: RING_SIZE, head: 0, tail },
         surfaces: AddrSpace::Ppgtt,
         hwsp: None,
         limits: ScanLimits::default(),

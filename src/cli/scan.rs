@@ -10,8 +10,8 @@ use clap::Args;
 use serde_json::{json, Value};
 use shadowgpu::cmd::image::GmImage;
 use shadowgpu::cmd::{
-    scan_ring, AddrSpace, BufferKind, CmdDesc, GmRange, GmWindows, RingSpec, ScanLimits,
-    ScanObserver, ScanParams, Verdict, PAGE_SIZE,
+    scan_ring, AddrSpace, BufferKind, CmdDesc, GmRange, GmWindows, RingSpec, ScanLimits, ScanObserver, ScanParams,
+    Verdict, PAGE_SIZE,
 };
 use shadowgpu::hw::{Engine, Platform};
 
@@ -61,29 +61,21 @@ fn parse_num(s: &str) -> Result<u64, String> {
         Some(b'G' | b'g') => (&s[..s.len() - 1], 1 << 30),
         _ => (s, 1),
     };
-    let v = match digits
-        .strip_prefix("0x")
-        .or_else(|| digits.strip_prefix("0X"))
-    {
+    let v = match digits.strip_prefix("0x").or_else(|| digits.strip_prefix("0X")) {
         Some(h) => u64::from_str_radix(&h.replace('_', ""), 16),
         None => digits.replace('_', "").parse::<u64>(),
     }
     .map_err(|e| format!("`{s}`: {e}"))?;
-    v.checked_mul(mult)
-        .ok_or_else(|| format!("`{s}` is too large"))
+    v.checked_mul(mult).ok_or_else(|| format!("`{s}` is too large"))
 }
 
 fn parse_range(s: &str) -> Result<GmRange, String> {
-    let (b, z) = s
-        .split_once(':')
-        .ok_or_else(|| format!("`{s}`: expected BASE:SIZE"))?;
+    let (b, z) = s.split_once(':').ok_or_else(|| format!("`{s}`: expected BASE:SIZE"))?;
     Ok(GmRange::new(parse_num(b)?, parse_num(z)?))
 }
 
 fn parse_placement(s: &str) -> Result<(PathBuf, u64), String> {
-    let (f, a) = s
-        .rsplit_once('@')
-        .ok_or_else(|| format!("`{s}`: expected FILE@ADDRESS"))?;
+    let (f, a) = s.rsplit_once('@').ok_or_else(|| format!("`{s}`: expected FILE@ADDRESS"))?;
     Ok((PathBuf::from(f), parse_num(a)?))
 }
 
@@ -111,14 +103,7 @@ struct Listing {
 }
 
 impl ScanObserver for Listing {
-    fn command(
-        &mut self,
-        buffer: BufferKind,
-        offset: u64,
-        desc: &'static CmdDesc,
-        cmd: &[u32],
-        verdict: Verdict,
-    ) {
+    fn command(&mut self, buffer: BufferKind, offset: u64, desc: &'static CmdDesc, cmd: &[u32], verdict: Verdict) {
         if !self.keep {
             return;
         }
@@ -130,14 +115,7 @@ impl ScanObserver for Listing {
                 }
             }
         }
-        self.lines.push(Line {
-            buffer,
-            offset,
-            name: desc.name,
-            len: cmd.len(),
-            addrs,
-            verdict,
-        });
+        self.lines.push(Line { buffer, offset, name: desc.name, len: cmd.len(), addrs, verdict });
     }
 }
 
@@ -181,32 +159,18 @@ pub fn run(a: &ScanArgs) -> ExitCode {
     let params = ScanParams {
         gen: a.platform.gen(),
         engine: a.engine,
-        windows: GmWindows {
-            aperture: a.aperture,
-            hidden: a.hidden,
-        },
-        ring: RingSpec {
-            start: a.ring.1,
-            size: size as u32,
-            head: 0,
-            tail: tail as u32,
-        },
+        windows: GmWindows { aperture: a.aperture, hidden: a.hidden },
+        ring: RingSpec { start: a.ring.1, size: size as u32, head: 0, tail: tail as u32 },
         surfaces: a.surfaces,
         hwsp: a.hwsp,
         limits: ScanLimits::default(),
     };
-    let mut listing = Listing {
-        lines: Vec::new(),
-        keep: !a.summary,
-    };
+    let mut listing = Listing { lines: Vec::new(), keep: !a.summary };
     let result = scan_ring(&img.mem, &img.xlate, &params, &mut listing);
     let out = std::io::stdout();
     let mut out = out.lock();
-    let written = if a.json {
-        write_json(&mut out, &listing, &result)
-    } else {
-        write_text(&mut out, &listing, &result)
-    };
+    let written =
+        if a.json { write_json(&mut out, &listing, &result) } else { write_text(&mut out, &listing, &result) };
     if let Err(e) = written {
         return usage_error(&format!("writing output: {e}"));
     }
@@ -221,14 +185,7 @@ type ScanResult = Result<shadowgpu::cmd::ScannedWorkload, shadowgpu::cmd::ScanEr
 
 fn write_text(out: &mut impl Write, l: &Listing, r: &ScanResult) -> std::io::Result<()> {
     for line in &l.lines {
-        write!(
-            out,
-            "{:<24} +{:#07x} {:<36} len={:<3}",
-            line.buffer.to_string(),
-            line.offset,
-            line.name,
-            line.len
-        )?;
+        write!(out, "{:<24} +{:#07x} {:<36} len={:<3}", line.buffer.to_string(), line.offset, line.name, line.len)?;
         for (name, a) in &line.addrs {
             write!(out, " {}={a:#x}", name.replace(' ', "_"))?;
         }

@@ -105,23 +105,12 @@ impl CmdBuf {
 
     /// MI_STORE_DATA_IMM of one dword.
     pub fn store_dword(&mut self, space: AddrSpace, addr: u64, value: u32) -> &mut Self {
-        self.raw(&[
-            0x1000_0002 | ggtt_bit(space, 22),
-            lo(addr) & !3,
-            hi(addr),
-            value,
-        ])
+        self.raw(&[0x1000_0002 | ggtt_bit(space, 22), lo(addr) & !3, hi(addr), value])
     }
 
     /// MI_STORE_DATA_IMM of one qword.
     pub fn store_qword(&mut self, space: AddrSpace, addr: u64, value: u64) -> &mut Self {
-        self.raw(&[
-            0x1020_0003 | ggtt_bit(space, 22),
-            lo(addr) & !3,
-            hi(addr),
-            lo(value),
-            hi(value),
-        ])
+        self.raw(&[0x1020_0003 | ggtt_bit(space, 22), lo(addr) & !3, hi(addr), lo(value), hi(value)])
     }
 
     /// MI_LOAD_REGISTER_IMM of `(register, value)` pairs.
@@ -136,22 +125,12 @@ impl CmdBuf {
 
     /// MI_STORE_REGISTER_MEM.
     pub fn srm(&mut self, reg: u32, space: AddrSpace, addr: u64) -> &mut Self {
-        self.raw(&[
-            0x1200_0002 | ggtt_bit(space, 22),
-            reg,
-            lo(addr) & !3,
-            hi(addr),
-        ])
+        self.raw(&[0x1200_0002 | ggtt_bit(space, 22), reg, lo(addr) & !3, hi(addr)])
     }
 
     /// MI_LOAD_REGISTER_MEM.
     pub fn lrm(&mut self, reg: u32, space: AddrSpace, addr: u64) -> &mut Self {
-        self.raw(&[
-            0x1480_0002 | ggtt_bit(space, 22),
-            reg,
-            lo(addr) & !3,
-            hi(addr),
-        ])
+        self.raw(&[0x1480_0002 | ggtt_bit(space, 22), reg, lo(addr) & !3, hi(addr)])
     }
 
     /// MI_LOAD_REGISTER_REG.
@@ -195,106 +174,44 @@ impl CmdBuf {
 
     /// MI_ATOMIC without inline data; `op` is the ATOMIC OPCODE field, `size_log2` 0 (dword) or 1 (qword).
     pub fn atomic(&mut self, op: u8, size_log2: u32, space: AddrSpace, addr: u64) -> &mut Self {
-        self.raw(&[
-            0x1780_0001 | ggtt_bit(space, 22) | size_log2 << 19 | u32::from(op) << 8,
-            lo(addr) & !3,
-            hi(addr),
-        ])
+        self.raw(&[0x1780_0001 | ggtt_bit(space, 22) | size_log2 << 19 | u32::from(op) << 8, lo(addr) & !3, hi(addr)])
     }
 
     /// MI_SEMAPHORE_WAIT polling `addr` until `*addr >= value` (compare operation SAD_GREATER_THAN_OR_EQUAL_SDD).
     pub fn semaphore_wait(&mut self, space: AddrSpace, addr: u64, value: u32) -> &mut Self {
-        self.raw(&[
-            0x0e00_8002 | ggtt_bit(space, 22) | 1 << 12,
-            value,
-            lo(addr) & !3,
-            hi(addr),
-        ])
+        self.raw(&[0x0e00_8002 | ggtt_bit(space, 22) | 1 << 12, value, lo(addr) & !3, hi(addr)])
     }
 
     /// MI_COPY_MEM_MEM of one dword.
-    pub fn copy_mem_mem(
-        &mut self,
-        dst_space: AddrSpace,
-        dst: u64,
-        src_space: AddrSpace,
-        src: u64,
-    ) -> &mut Self {
+    pub fn copy_mem_mem(&mut self, dst_space: AddrSpace, dst: u64, src_space: AddrSpace, src: u64) -> &mut Self {
         let dw0 = 0x1700_0003 | ggtt_bit(dst_space, 21) | ggtt_bit(src_space, 22);
         self.raw(&[dw0, lo(dst) & !3, hi(dst), lo(src) & !3, hi(src)])
     }
 
     /// MI_MATH with the given ALU instructions.
     pub fn math(&mut self, alu: &[u32]) -> &mut Self {
-        self.dwords
-            .push(0x0d00_0000 | (alu.len() as u32).saturating_sub(1));
+        self.dwords.push(0x0d00_0000 | (alu.len() as u32).saturating_sub(1));
         self.raw(alu)
     }
 
     /// XY_SRC_COPY_BLT, 32 bpp, linear, copying a `w`×`h` rectangle.
     #[allow(clippy::too_many_arguments)]
-    pub fn xy_src_copy(
-        &mut self,
-        dst: u64,
-        dst_pitch: u16,
-        src: u64,
-        src_pitch: u16,
-        w: u16,
-        h: u16,
-    ) -> &mut Self {
+    pub fn xy_src_copy(&mut self, dst: u64, dst_pitch: u16, src: u64, src_pitch: u16, w: u16, h: u16) -> &mut Self {
         let br13 = 3 << 24 | 0xcc << 16 | u32::from(dst_pitch);
         let br = u32::from(h) << 16 | u32::from(w);
-        self.raw(&[
-            0x54f0_0008,
-            br13,
-            0,
-            br,
-            lo(dst),
-            hi(dst),
-            0,
-            u32::from(src_pitch),
-            lo(src),
-            hi(src),
-        ])
+        self.raw(&[0x54f0_0008, br13, 0, br, lo(dst), hi(dst), 0, u32::from(src_pitch), lo(src), hi(src)])
     }
 
     /// XY_COLOR_BLT, 32 bpp, linear.
     pub fn xy_color(&mut self, dst: u64, pitch: u16, w: u16, h: u16, color: u32) -> &mut Self {
         let br13 = 3 << 24 | 0xf0 << 16 | u32::from(pitch);
-        self.raw(&[
-            0x5430_0005,
-            br13,
-            0,
-            u32::from(h) << 16 | u32::from(w),
-            lo(dst),
-            hi(dst),
-            color,
-        ])
+        self.raw(&[0x5430_0005, br13, 0, u32::from(h) << 16 | u32::from(w), lo(dst), hi(dst), color])
     }
 
     /// XY_FAST_COPY_BLT, 32 bpp, linear.
-    pub fn xy_fast_copy(
-        &mut self,
-        dst: u64,
-        dst_pitch: u16,
-        src: u64,
-        src_pitch: u16,
-        w: u16,
-        h: u16,
-    ) -> &mut Self {
+    pub fn xy_fast_copy(&mut self, dst: u64, dst_pitch: u16, src: u64, src_pitch: u16, w: u16, h: u16) -> &mut Self {
         let dw1 = 2 << 24 | u32::from(dst_pitch);
         let br = u32::from(h) << 16 | u32::from(w);
-        self.raw(&[
-            0x5080_0008,
-            dw1,
-            0,
-            br,
-            lo(dst),
-            hi(dst),
-            0,
-            u32::from(src_pitch),
-            lo(src),
-            hi(src),
-        ])
+        self.raw(&[0x5080_0008, dw1, 0, br, lo(dst), hi(dst), 0, u32::from(src_pitch), lo(src), hi(src)])
     }
 }

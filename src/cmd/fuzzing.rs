@@ -8,8 +8,7 @@
 use super::emit::{CmdBuf, PostSync};
 use super::image::GmImage;
 use super::{
-    scan_ring, AddrSpace, BufferKind, GmRange, GmWindows, RingSpec, ScanError, ScanLimits,
-    ScanParams, ScannedWorkload,
+    scan_ring, AddrSpace, BufferKind, GmRange, GmWindows, RingSpec, ScanError, ScanLimits, ScanParams, ScannedWorkload,
 };
 use crate::hw::{Engine, Gen};
 
@@ -38,10 +37,7 @@ fn scan_input(data: &[u8]) -> Result<Option<Outcome>, String> {
     let &[engine, flags, lo, hi] = head else {
         return Ok(None);
     };
-    let engine = Engine::ALL
-        .get(usize::from(engine) % 5)
-        .copied()
-        .unwrap_or(Engine::Rcs);
+    let engine = Engine::ALL.get(usize::from(engine) % 5).copied().unwrap_or(Engine::Rcs);
     let ring_len = (usize::from(u16::from_le_bytes([lo, hi])) * 4).min(rest.len()) & !7;
     let (ring, pool) = rest.split_at(ring_len);
     let img = GmImage::builder()
@@ -51,66 +47,35 @@ fn scan_input(data: &[u8]) -> Result<Option<Outcome>, String> {
         .place(AddrSpace::Ppgtt, POOL, pool.to_vec())
         .build()
         .map_err(|e| format!("image: {e}"))?;
-    let windows = GmWindows {
-        aperture: APERTURE,
-        hidden: HIDDEN,
-    };
+    let windows = GmWindows { aperture: APERTURE, hidden: HIDDEN };
     let params = ScanParams {
         gen: if flags & 4 != 0 { Gen::Gen8 } else { Gen::Gen9 },
         engine,
         windows,
-        ring: RingSpec {
-            start: RING,
-            size: 0x1_0000,
-            head: 0,
-            tail: ring_len as u32,
-        },
-        surfaces: if flags & 1 != 0 {
-            AddrSpace::Ggtt
-        } else {
-            AddrSpace::Ppgtt
-        },
+        ring: RingSpec { start: RING, size: 0x1_0000, head: 0, tail: ring_len as u32 },
+        surfaces: if flags & 1 != 0 { AddrSpace::Ggtt } else { AddrSpace::Ppgtt },
         hwsp: (flags & 2 != 0).then_some(APERTURE.base + 0x8000),
-        limits: ScanLimits {
-            max_bytes: BUDGET,
-            max_batches: MAX_BATCHES,
-        },
+        limits: ScanLimits { max_bytes: BUDGET, max_batches: MAX_BATCHES },
     };
-    Ok(Some((
-        windows,
-        scan_ring(&img.mem, &img.xlate, &params, &mut ()),
-    )))
+    Ok(Some((windows, scan_ring(&img.mem, &img.xlate, &params, &mut ()))))
 }
 
 fn check(windows: &GmWindows, w: &ScannedWorkload) -> Result<(), String> {
     if w.stats.bytes_copied > BUDGET {
-        return Err(format!(
-            "copied {} bytes over a {BUDGET} budget",
-            w.stats.bytes_copied
-        ));
+        return Err(format!("copied {} bytes over a {BUDGET} budget", w.stats.bytes_copied));
     }
     if w.batches.len() > MAX_BATCHES || w.total_bytes() > BUDGET {
         return Err("more batches or shadow bytes than allowed".into());
     }
     for b in &w.batches {
-        if let BufferKind::Batch {
-            space: AddrSpace::Ggtt,
-            gma,
-            ..
-        } = b.kind
-        {
+        if let BufferKind::Batch { space: AddrSpace::Ggtt, gma, .. } = b.kind {
             if !windows.contains(gma, 4) {
-                return Err(format!(
-                    "accepted a GGTT batch at {gma:#x} outside the windows"
-                ));
+                return Err(format!("accepted a GGTT batch at {gma:#x} outside the windows"));
             }
         }
     }
     for r in &w.relocs {
-        let ok = w
-            .buffer(r.buffer)
-            .is_some_and(|b| r.dword + 3 <= b.dwords.len())
-            && r.target < w.batches.len();
+        let ok = w.buffer(r.buffer).is_some_and(|b| r.dword + 3 <= b.dwords.len()) && r.target < w.batches.len();
         if !ok {
             return Err(format!("dangling relocation {r:?}"));
         }
@@ -134,24 +99,24 @@ pub fn seeds() -> Vec<Vec<u8>> {
     let p = AddrSpace::Ppgtt;
     let mut out = Vec::new();
     let mut r = CmdBuf::new();
-    r.store_dword(g, 0x10_8000, 1)
-        .user_interrupt()
-        .pipe_control(0, PostSync::WriteImmediate, g, 0x10_9000, 5, true);
+    r.store_dword(g, 0x10_8000, 1).user_interrupt().pipe_control(0, PostSync::WriteImmediate, g, 0x10_9000, 5, true);
     out.push(pack(0, 0, &r, &CmdBuf::new()));
     let mut pool = CmdBuf::new();
-    pool.lri(&[(0x2600, 1), (0x7004, 0x10001)])
-        .srm(0x2358, g, 0x10_a000)
-        .bb_start(g, POOL + 0x100, true)
-        .bb_end();
+    pool.lri(&[(0x2600, 1), (0x7004, 0x10001)]).srm(0x2358, g, 0x10_a000).bb_start(g, POOL + 0x100, true).bb_end();
     pool.noop(64 - pool.dwords.len());
     pool.store_qword(g, 0x80_0000, 7).bb_end();
     let mut r = CmdBuf::new();
     r.bb_start(g, POOL, false);
     out.push(pack(0, 2, &r, &pool));
     let mut blt = CmdBuf::new();
-    blt.xy_src_copy(0x10_8000, 256, 0x10_c000, 256, 16, 16)
-        .xy_color(0x80_0000, 64, 8, 8, 0)
-        .flush_dw(PostSync::WriteImmediate, g, 0x10_a000, 1, true, true);
+    blt.xy_src_copy(0x10_8000, 256, 0x10_c000, 256, 16, 16).xy_color(0x80_0000, 64, 8, 8, 0).flush_dw(
+        PostSync::WriteImmediate,
+        g,
+        0x10_a000,
+        1,
+        true,
+        true,
+    );
     out.push(pack(1, 1, &blt, &CmdBuf::new()));
     let mut vcs = CmdBuf::new();
     vcs.raw(&[0x6800_0000]) // MFX_WAIT

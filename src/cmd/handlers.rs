@@ -48,10 +48,7 @@ fn need_len(cmd: &[u32], ok: bool, expected: &'static str) -> Result<(), Reason>
     if ok {
         Ok(())
     } else {
-        Err(Reason::BadLength {
-            len: cmd.len() as u32,
-            expected,
-        })
+        Err(Reason::BadLength { len: cmd.len() as u32, expected })
     }
 }
 
@@ -70,13 +67,7 @@ where
 {
     /// Audits a memory access: GGTT accesses must fall inside one of the vGPU's windows.
     /// PPGTT accesses are bounded by the shadow PPGTT, which maps only the guest's own memory.
-    fn access(
-        &self,
-        space: AddrSpace,
-        what: &'static str,
-        addr: u64,
-        size: u64,
-    ) -> Result<(), Reason> {
+    fn access(&self, space: AddrSpace, what: &'static str, addr: u64, size: u64) -> Result<(), Reason> {
         match space {
             AddrSpace::Ggtt if !self.p.windows.contains(addr, size) => {
                 Err(Reason::AddressOutsideWindows { what, addr, size })
@@ -108,12 +99,7 @@ where
     }
 
     /// Runs the handler of `desc` over the shadow copy `cmd` (exactly the command's length).
-    pub(super) fn handle(
-        &mut self,
-        desc: &'static CmdDesc,
-        cmd: &mut [u32],
-        ctx: BufCtx,
-    ) -> Result<Flow, Reason> {
+    pub(super) fn handle(&mut self, desc: &'static CmdDesc, cmd: &mut [u32], ctx: BufCtx) -> Result<Flow, Reason> {
         let dw0 = dw(cmd, 0);
         match desc.handler {
             Handler::Generic => {
@@ -140,40 +126,21 @@ where
             Handler::BbStart => self.bb_start(cmd, ctx),
             Handler::CondBbEnd => {
                 need_len(cmd, cmd.len() == 3 || cmd.len() == 4, "3 or 4")?;
-                let a = if cmd.len() == 4 {
-                    addr(cmd, 2, 3)
-                } else {
-                    u64::from(dw(cmd, 2) & !7)
-                };
-                self.access(
-                    self.mi_space(dw0 & MI_USE_GGTT != 0),
-                    "compare address",
-                    a,
-                    8,
-                )?;
+                let a = if cmd.len() == 4 { addr(cmd, 2, 3) } else { u64::from(dw(cmd, 2) & !7) };
+                self.access(self.mi_space(dw0 & MI_USE_GGTT != 0), "compare address", a, 8)?;
                 Ok(Flow::Next)
             }
             Handler::Lri => self.lri(cmd, ctx),
             Handler::Lrm => {
                 need_len(cmd, cmd.len() == 4, "4")?;
                 self.register(dw(cmd, 1) & REG_OFFSET_MASK, RegAccess::Write)?;
-                self.access(
-                    self.mi_space(dw0 & MI_USE_GGTT != 0),
-                    "source",
-                    addr(cmd, 2, 2),
-                    4,
-                )?;
+                self.access(self.mi_space(dw0 & MI_USE_GGTT != 0), "source", addr(cmd, 2, 2), 4)?;
                 Ok(Flow::Next)
             }
             Handler::Srm => {
                 need_len(cmd, cmd.len() == 4, "4")?;
                 self.register(dw(cmd, 1) & REG_OFFSET_MASK, RegAccess::Read)?;
-                self.access(
-                    self.mi_space(dw0 & MI_USE_GGTT != 0),
-                    "destination",
-                    addr(cmd, 2, 2),
-                    4,
-                )?;
+                self.access(self.mi_space(dw0 & MI_USE_GGTT != 0), "destination", addr(cmd, 2, 2), 4)?;
                 Ok(Flow::Next)
             }
             Handler::Lrr => {
@@ -185,40 +152,21 @@ where
             Handler::StoreDataImm => {
                 need_len(cmd, cmd.len() >= 4, "at least 4")?;
                 let size = (cmd.len() as u64 - 3) * 4;
-                self.access(
-                    self.mi_space(dw0 & MI_USE_GGTT != 0),
-                    "store address",
-                    addr(cmd, 1, 2),
-                    size,
-                )?;
+                self.access(self.mi_space(dw0 & MI_USE_GGTT != 0), "store address", addr(cmd, 1, 2), size)?;
                 Ok(Flow::Next)
             }
             Handler::FlushDw => self.flush_dw(cmd),
             Handler::PipeControl => self.pipe_control(cmd),
             Handler::Atomic => {
                 let inline = dw0 & (1 << 18) != 0;
-                need_len(
-                    cmd,
-                    cmd.len() == if inline { 11 } else { 3 },
-                    "3, or 11 with inline data",
-                )?;
+                need_len(cmd, cmd.len() == if inline { 11 } else { 3 }, "3, or 11 with inline data")?;
                 let size = match (dw0 >> 19) & 3 {
                     0 => 4,
                     1 => 8,
                     2 => 16,
-                    _ => {
-                        return Err(Reason::BadLength {
-                            len: cmd.len() as u32,
-                            expected: "a valid data size",
-                        })
-                    }
+                    _ => return Err(Reason::BadLength { len: cmd.len() as u32, expected: "a valid data size" }),
                 };
-                self.access(
-                    self.mi_space(dw0 & MI_USE_GGTT != 0),
-                    "atomic address",
-                    addr(cmd, 1, 2),
-                    size,
-                )?;
+                self.access(self.mi_space(dw0 & MI_USE_GGTT != 0), "atomic address", addr(cmd, 1, 2), size)?;
                 Ok(Flow::Next)
             }
             Handler::SemaphoreWait => {
@@ -227,39 +175,19 @@ where
                     // Register poll mode: the address dword names a register.
                     self.register(dw(cmd, 2) & REG_OFFSET_MASK, RegAccess::Read)?;
                 } else {
-                    self.access(
-                        self.mi_space(dw0 & MI_USE_GGTT != 0),
-                        "semaphore address",
-                        addr(cmd, 2, 2),
-                        4,
-                    )?;
+                    self.access(self.mi_space(dw0 & MI_USE_GGTT != 0), "semaphore address", addr(cmd, 2, 2), 4)?;
                 }
                 Ok(Flow::Next)
             }
             Handler::CopyMemMem => {
                 need_len(cmd, cmd.len() == 5, "5")?;
-                self.access(
-                    self.mi_space(dw0 & (1 << 21) != 0),
-                    "destination",
-                    addr(cmd, 1, 2),
-                    4,
-                )?;
-                self.access(
-                    self.mi_space(dw0 & (1 << 22) != 0),
-                    "source",
-                    addr(cmd, 3, 2),
-                    4,
-                )?;
+                self.access(self.mi_space(dw0 & (1 << 21) != 0), "destination", addr(cmd, 1, 2), 4)?;
+                self.access(self.mi_space(dw0 & (1 << 22) != 0), "source", addr(cmd, 3, 2), 4)?;
                 Ok(Flow::Next)
             }
             Handler::ReportPerfCount => {
                 need_len(cmd, cmd.len() == 4, "4")?;
-                self.access(
-                    self.mi_space(dw(cmd, 1) & 1 != 0),
-                    "report address",
-                    addr(cmd, 1, 6),
-                    256,
-                )?;
+                self.access(self.mi_space(dw(cmd, 1) & 1 != 0), "report address", addr(cmd, 1, 6), 256)?;
                 Ok(Flow::Next)
             }
             Handler::UrbMem => {
@@ -298,11 +226,7 @@ where
     fn bb_start(&mut self, cmd: &mut [u32], ctx: BufCtx) -> Result<Flow, Reason> {
         let dw0 = dw(cmd, 0);
         need_len(cmd, cmd.len() == 3, "3")?;
-        let space = if dw0 & MI_BATCH_BUFFER_START_PPGTT != 0 {
-            AddrSpace::Ppgtt
-        } else {
-            AddrSpace::Ggtt
-        };
+        let space = if dw0 & MI_BATCH_BUFFER_START_PPGTT != 0 { AddrSpace::Ppgtt } else { AddrSpace::Ggtt };
         let second = dw0 & MI_BATCH_BUFFER_START_2ND_LEVEL != 0;
         let mut target = addr(cmd, 1, 2);
         if self.p.gen == Gen::Gen8 {
@@ -317,9 +241,7 @@ where
             }
             AddrSpace::Ggtt => {
                 if ctx.space() == AddrSpace::Ppgtt {
-                    return Err(Reason::Nesting(
-                        "a PPGTT (non-privileged) batch may not start a GGTT batch",
-                    ));
+                    return Err(Reason::Nesting("a PPGTT (non-privileged) batch may not start a GGTT batch"));
                 }
                 self.access(AddrSpace::Ggtt, "batch buffer", target, 4)?;
             }
@@ -328,30 +250,18 @@ where
             (0, false) => (1, Flow::Next),
             (0, true) => return Err(Reason::Nesting("second-level batch started from the ring")),
             (1, true) => (2, Flow::Next),
-            (2, true) => {
-                return Err(Reason::Nesting(
-                    "second-level batch started from a second-level batch",
-                ))
-            }
+            (2, true) => return Err(Reason::Nesting("second-level batch started from a second-level batch")),
             // Chaining: the current buffer ends here, unless predication may skip the jump.
             (l, _) if dw0 & MI_BATCH_BUFFER_START_PREDICATED != 0 => (l, Flow::Next),
             (l, _) => (l, Flow::End),
         };
         let target = self.batch(space, target, level)?;
-        self.out.relocs.push(Reloc {
-            buffer: ctx.id,
-            dword: ctx.dword,
-            target,
-        });
+        self.out.relocs.push(Reloc { buffer: ctx.id, dword: ctx.dword, target });
         Ok(flow)
     }
 
     fn lri(&mut self, cmd: &mut [u32], ctx: BufCtx) -> Result<Flow, Reason> {
-        need_len(
-            cmd,
-            cmd.len() >= 3 && cmd.len() % 2 == 1,
-            "1 + 2n with n >= 1",
-        )?;
+        need_len(cmd, cmd.len() >= 3 && cmd.len() % 2 == 1, "1 + 2n with n >= 1")?;
         let mut k = 1;
         while k + 1 < cmd.len() {
             let reg = dw(cmd, k) & REG_OFFSET_MASK;
@@ -359,14 +269,11 @@ where
             match self.register(reg, RegAccess::Write) {
                 Ok(_) => {}
                 Err(e) => match regs::policy(self.p.engine, reg) {
-                    RegPolicy::ForceNonpriv
-                        if regs::nonpriv_value_allowed(self.p.engine, value) => {}
+                    RegPolicy::ForceNonpriv if regs::nonpriv_value_allowed(self.p.engine, value) => {}
                     RegPolicy::ForceNonpriv => return Err(Reason::NonprivValue { reg, value }),
-                    RegPolicy::PageTableRoot => self.out.root_loads.push(RootLoad {
-                        buffer: ctx.id,
-                        dword: ctx.dword + k + 1,
-                        reg,
-                    }),
+                    RegPolicy::PageTableRoot => {
+                        self.out.root_loads.push(RootLoad { buffer: ctx.id, dword: ctx.dword + k + 1, reg })
+                    }
                     RegPolicy::Discard => {
                         if let Some(d) = cmd.get_mut(k) {
                             *d = DISCARD_REG;
@@ -486,14 +393,7 @@ where
                 let dst_pitch = i64::from(br13 as u16 as i16) * scale(dst_tiled);
                 let src_pitch = i64::from(dw(cmd, 7) as u16 as i16) * scale(src_tiled);
                 let dst = Rect::from_dwords(dw(cmd, 2), dw(cmd, 3));
-                self.surface(
-                    "destination",
-                    addr(cmd, 4, 0),
-                    dst_pitch,
-                    cpp,
-                    dst_tiled,
-                    dst,
-                )?;
+                self.surface("destination", addr(cmd, 4, 0), dst_pitch, cpp, dst_tiled, dst)?;
                 let src = dst.moved_to(dw(cmd, 6));
                 self.surface("source", addr(cmd, 8, 0), src_pitch, cpp, src_tiled, src)
             }
@@ -501,47 +401,22 @@ where
     }
 
     /// Audits the bytes a 2D rectangle touches on a surface at `base` with `pitch` bytes per row.
-    fn surface(
-        &self,
-        what: &'static str,
-        base: u64,
-        pitch: i64,
-        cpp: i64,
-        tiled: bool,
-        r: Rect,
-    ) -> Result<(), Reason> {
+    fn surface(&self, what: &'static str, base: u64, pitch: i64, cpp: i64, tiled: bool, r: Rect) -> Result<(), Reason> {
         if r.x2 <= r.x1 || r.y2 <= r.y1 {
             return Ok(()); // an empty rectangle touches nothing
         }
         // Tiles spread a rectangle over whole tile rows; 256 rows bounds every Gen9 tiling.
-        let (y1, y2) = if tiled {
-            (r.y1 & !255, (r.y2 + 255) & !255)
-        } else {
-            (r.y1, r.y2)
-        };
-        let (x1, x2) = if tiled {
-            (0, pitch.abs())
-        } else {
-            (r.x1 * cpp, r.x2 * cpp)
-        };
+        let (y1, y2) = if tiled { (r.y1 & !255, (r.y2 + 255) & !255) } else { (r.y1, r.y2) };
+        let (x1, x2) = if tiled { (0, pitch.abs()) } else { (r.x1 * cpp, r.x2 * cpp) };
         let first_row = y1 * pitch;
         let last_row = (y2 - 1) * pitch;
         let start = first_row.min(last_row) + x1;
         let end = first_row.max(last_row) + x2.max(x1 + 1);
-        let (Some(lo), Some(hi)) = (base.checked_add_signed(start), base.checked_add_signed(end))
-        else {
-            return Err(Reason::AddressOutsideWindows {
-                what,
-                addr: base,
-                size: 0,
-            });
+        let (Some(lo), Some(hi)) = (base.checked_add_signed(start), base.checked_add_signed(end)) else {
+            return Err(Reason::AddressOutsideWindows { what, addr: base, size: 0 });
         };
         if hi <= lo {
-            return Err(Reason::AddressOutsideWindows {
-                what,
-                addr: base,
-                size: 0,
-            });
+            return Err(Reason::AddressOutsideWindows { what, addr: base, size: 0 });
         }
         self.access(AddrSpace::Ggtt, what, lo, hi - lo)
     }
@@ -577,11 +452,6 @@ impl Rect {
 
     fn moved_to(self, top_left: u32) -> Rect {
         let (x, y) = (i64::from(top_left & 0xffff), i64::from(top_left >> 16));
-        Rect {
-            x1: x,
-            y1: y,
-            x2: x + (self.x2 - self.x1),
-            y2: y + (self.y2 - self.y1),
-        }
+        Rect { x1: x, y1: y, x2: x + (self.x2 - self.x1), y2: y + (self.y2 - self.y1) }
     }
 }

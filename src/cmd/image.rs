@@ -70,16 +70,17 @@ impl GmImageBuilder {
     pub fn build(&self) -> Result<GmImage, ImageError> {
         // Page-aligned spans per space, merged where placements share pages.
         let mut spans: Vec<(AddrSpace, u64, u64)> = Vec::new();
-        let all = self.pieces.iter().map(|(s, g, b)| (*s, *g, b.len())).chain(
-            self.reserve
-                .iter()
-                .map(|(s, r)| (*s, r.base, r.size as usize)),
-        );
+        let all = self
+            .pieces
+            .iter()
+            .map(|(s, g, b)| (*s, *g, b.len()))
+            .chain(self.reserve.iter().map(|(s, r)| (*s, r.base, r.size as usize)));
         for (space, gma, len) in all {
-            let end = gma
-                .checked_add(len.max(1) as u64)
-                .filter(|&e| e <= 1 << 48)
-                .ok_or(ImageError::OutOfRange { space, gma, len })?;
+            let end = gma.checked_add(len.max(1) as u64).filter(|&e| e <= 1 << 48).ok_or(ImageError::OutOfRange {
+                space,
+                gma,
+                len,
+            })?;
             let a = gma & !(PAGE_SIZE - 1);
             let b = end.div_ceil(PAGE_SIZE) * PAGE_SIZE;
             spans.push((space, a, b));
@@ -106,23 +107,15 @@ impl GmImageBuilder {
             spans.push((s, range, gpa));
             gpa += range.size;
         }
-        let mem =
-            GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), total.max(PAGE_SIZE) as usize)])
-                .map_err(|e| ImageError::Memory(e.to_string()))?;
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), total.max(PAGE_SIZE) as usize)])
+            .map_err(|e| ImageError::Memory(e.to_string()))?;
         // Overlapping data placements would make the image ambiguous.
         let mut placed: Vec<(AddrSpace, u64, u64)> = Vec::new();
         for (space, gma, bytes) in &self.pieces {
             let (space, gma, len) = (*space, *gma, bytes.len());
             let end = gma + len as u64;
-            if placed
-                .iter()
-                .any(|&(s, a, b)| s == space && gma < b && a < end)
-            {
-                return Err(ImageError::Overlap {
-                    space,
-                    a: gma,
-                    b: end,
-                });
+            if placed.iter().any(|&(s, a, b)| s == space && gma < b && a < end) {
+                return Err(ImageError::Overlap { space, a: gma, b: end });
             }
             placed.push((space, gma, end));
             let &(_, range, base) = spans
@@ -168,23 +161,9 @@ mod tests {
         let mut b = [0u8; 3];
         copy_from_gm(&img.mem, &img.xlate, AddrSpace::Ggtt, 0x10_0010, &mut b).unwrap();
         assert_eq!(b, [1, 2, 3]);
-        copy_from_gm(
-            &img.mem,
-            &img.xlate,
-            AddrSpace::Ppgtt,
-            0xffff_ffff_f000,
-            &mut b,
-        )
-        .unwrap();
+        copy_from_gm(&img.mem, &img.xlate, AddrSpace::Ppgtt, 0xffff_ffff_f000, &mut b).unwrap();
         assert_eq!(b, [9, 9, 9]);
-        copy_from_gm(
-            &img.mem,
-            &img.xlate,
-            AddrSpace::Ggtt,
-            0x10_0100,
-            &mut b[..1],
-        )
-        .unwrap();
+        copy_from_gm(&img.mem, &img.xlate, AddrSpace::Ggtt, 0x10_0100, &mut b[..1]).unwrap();
         assert_eq!(b[0], 4);
     }
 

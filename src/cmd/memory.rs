@@ -130,13 +130,7 @@ pub enum CopyFault {
 
 /// Copies `buf.len()` bytes starting at graphics address `gma` of `space` into `buf`, page by
 /// page through `xlate`.
-pub fn copy_from_gm<M, T>(
-    mem: &M,
-    xlate: &T,
-    space: AddrSpace,
-    gma: u64,
-    buf: &mut [u8],
-) -> Result<(), CopyFault>
+pub fn copy_from_gm<M, T>(mem: &M, xlate: &T, space: AddrSpace, gma: u64, buf: &mut [u8]) -> Result<(), CopyFault>
 where
     M: GuestMemory + ?Sized,
     T: GmTranslate + ?Sized,
@@ -146,18 +140,11 @@ where
     while done < buf.len() {
         let in_page = (PAGE_SIZE - (addr % PAGE_SIZE)) as usize;
         let n = in_page.min(buf.len() - done);
-        let gpa = xlate
-            .translate(space, addr)
-            .ok_or(CopyFault::Unmapped(addr))?;
-        let dst = buf
-            .get_mut(done..done + n)
-            .ok_or(CopyFault::Unmapped(addr))?;
-        mem.read_slice(dst, gpa)
-            .map_err(|_| CopyFault::BadGuestAddress(gpa.0))?;
+        let gpa = xlate.translate(space, addr).ok_or(CopyFault::Unmapped(addr))?;
+        let dst = buf.get_mut(done..done + n).ok_or(CopyFault::Unmapped(addr))?;
+        mem.read_slice(dst, gpa).map_err(|_| CopyFault::BadGuestAddress(gpa.0))?;
         done += n;
-        addr = addr
-            .checked_add(n as u64)
-            .ok_or(CopyFault::Unmapped(u64::MAX))?;
+        addr = addr.checked_add(n as u64).ok_or(CopyFault::Unmapped(u64::MAX))?;
     }
     Ok(())
 }
@@ -169,10 +156,7 @@ mod tests {
 
     #[test]
     fn windows_never_straddle() {
-        let w = GmWindows {
-            aperture: GmRange::new(0x10_0000, 0x10_0000),
-            hidden: GmRange::new(0x20_0000, 0x10_0000),
-        };
+        let w = GmWindows { aperture: GmRange::new(0x10_0000, 0x10_0000), hidden: GmRange::new(0x20_0000, 0x10_0000) };
         assert!(w.contains(0x10_0000, 4));
         assert!(w.contains(0x1f_fffc, 4));
         // Crosses from the aperture window into the adjacent hidden window: rejected.
@@ -185,31 +169,16 @@ mod tests {
     #[test]
     fn copy_crosses_discontiguous_pages() {
         let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x4000)]).unwrap();
-        mem.write_slice(&[1, 2, 3, 4], GuestAddress(0x2ffe))
-            .unwrap();
+        mem.write_slice(&[1, 2, 3, 4], GuestAddress(0x2ffe)).unwrap();
         mem.write_slice(&[5, 6], GuestAddress(0x1000)).unwrap();
         let mut t = LinearTranslation::new();
-        t.map(
-            AddrSpace::Ggtt,
-            GmRange::new(0x8000, 0x1000),
-            GuestAddress(0x2000),
-        );
-        t.map(
-            AddrSpace::Ggtt,
-            GmRange::new(0x9000, 0x1000),
-            GuestAddress(0x1000),
-        );
+        t.map(AddrSpace::Ggtt, GmRange::new(0x8000, 0x1000), GuestAddress(0x2000));
+        t.map(AddrSpace::Ggtt, GmRange::new(0x9000, 0x1000), GuestAddress(0x1000));
         let mut buf = [0u8; 4];
         copy_from_gm(&mem, &t, AddrSpace::Ggtt, 0x8ffe, &mut buf).unwrap();
         assert_eq!(buf, [1, 2, 5, 6]);
-        assert_eq!(
-            copy_from_gm(&mem, &t, AddrSpace::Ppgtt, 0x8ffe, &mut buf),
-            Err(CopyFault::Unmapped(0x8ffe))
-        );
+        assert_eq!(copy_from_gm(&mem, &t, AddrSpace::Ppgtt, 0x8ffe, &mut buf), Err(CopyFault::Unmapped(0x8ffe)));
         let mut big = [0u8; 8];
-        assert_eq!(
-            copy_from_gm(&mem, &t, AddrSpace::Ggtt, 0x9ffc, &mut big),
-            Err(CopyFault::Unmapped(0xa000))
-        );
+        assert_eq!(copy_from_gm(&mem, &t, AddrSpace::Ggtt, 0x9ffc, &mut big), Err(CopyFault::Unmapped(0xa000)));
     }
 }

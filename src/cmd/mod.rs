@@ -11,16 +11,14 @@ pub mod fuzzing;
 mod handlers;
 pub mod image;
 mod memory;
+pub mod mix;
 pub mod regs;
 mod scan;
 pub mod table;
 mod workload;
 
 pub use error::{BufferKind, Location, Reason, ScanError};
-pub use memory::{
-    copy_from_gm, AddrSpace, CopyFault, GmRange, GmTranslate, GmWindows, LinearTranslation,
-    PAGE_SIZE,
-};
+pub use memory::{copy_from_gm, AddrSpace, CopyFault, GmRange, GmTranslate, GmWindows, LinearTranslation, PAGE_SIZE};
 pub use scan::{scan_ring, RingSpec, ScanLimits, ScanObserver, ScanParams, Verdict};
 pub use table::{CmdDesc, CommandTable, Decoded, Handler, Length};
 pub use workload::{BufferId, Events, Reloc, RootLoad, ScanStats, ScannedWorkload, ShadowBuffer};

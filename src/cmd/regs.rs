@@ -42,10 +42,7 @@ pub enum RegPolicy {
 impl RegPolicy {
     /// Whether plain `access` is allowed.
     pub const fn allows(self, access: RegAccess) -> bool {
-        matches!(
-            (self, access),
-            (RegPolicy::ReadOnly, RegAccess::Read) | (RegPolicy::ReadWrite, _)
-        )
+        matches!((self, access), (RegPolicy::ReadOnly, RegAccess::Read) | (RegPolicy::ReadWrite, _))
     }
 }
 
@@ -135,9 +132,9 @@ static DISCARDED: &[u32] = &[0x4_4050 /* DERRMR */, 0xa188 /* FORCEWAKE_MT */];
 
 /// Registers a FORCE_TO_NONPRIV slot may expose to non-privileged batches (bits 25:2 of the value).
 pub static NONPRIV_WHITELIST: &[u32] = &[
-    0xd80, 0x20ec, 0x2248, 0x2340, 0x2348, 0x2350, 0x2580, 0x2690, 0x2694, 0x2698, 0x2754, 0x28a0,
-    0x4de0, 0x4de4, 0x4dfc, 0x7010, 0x7014, 0x7300, 0x7304, 0x7700, 0x7704, 0x7708, 0x770c, 0x83a8,
-    0xb110, 0xb118, 0xe100, 0xe18c, 0xe48c, 0xe5f4,
+    0xd80, 0x20ec, 0x2248, 0x2340, 0x2348, 0x2350, 0x2580, 0x2690, 0x2694, 0x2698, 0x2754, 0x28a0, 0x4de0, 0x4de4,
+    0x4dfc, 0x7010, 0x7014, 0x7300, 0x7304, 0x7700, 0x7704, 0x7708, 0x770c, 0x83a8, 0xb110, 0xb118, 0xe100, 0xe18c,
+    0xe48c, 0xe5f4,
 ];
 
 fn find(list: &[Range], off: u32) -> Option<RegPolicy> {
@@ -151,17 +148,14 @@ pub fn policy(engine: Engine, reg: u32) -> RegPolicy {
         return Discard;
     }
     let base = engine.mmio_base();
-    let relative = reg
-        .checked_sub(base)
-        .filter(|&o| o < 0x1000)
-        .and_then(|rel| {
-            find(ENGINE_RELATIVE, rel).or(match engine {
-                Engine::Vcs | Engine::Vcs2 => find(VIDEO_RELATIVE, rel),
-                // The blitter's context image carries BCS_SWCTRL at base + 0x200.
-                Engine::Bcs if rel == 0x200 => Some(RW),
-                _ => None,
-            })
-        });
+    let relative = reg.checked_sub(base).filter(|&o| o < 0x1000).and_then(|rel| {
+        find(ENGINE_RELATIVE, rel).or(match engine {
+            Engine::Vcs | Engine::Vcs2 => find(VIDEO_RELATIVE, rel),
+            // The blitter's context image carries BCS_SWCTRL at base + 0x200.
+            Engine::Bcs if rel == 0x200 => Some(RW),
+            _ => None,
+        })
+    });
     let global = || match engine {
         Engine::Rcs => find(RENDER_GLOBAL, reg),
         Engine::Vcs | Engine::Vcs2 => find(VIDEO_GLOBAL, reg),

@@ -12,7 +12,7 @@ use vm_memory::GuestMemory;
 
 use super::error::{BufferKind, Location, Reason, ScanError};
 use super::memory::{copy_from_gm, AddrSpace, CopyFault, GmTranslate, GmWindows, PAGE_SIZE};
-use super::table::{CmdDesc, CommandTable, Decoded};
+use super::table::{entry_len, CmdDesc, CommandTable, Decoded, ENTRY_FAST, ENTRY_HAS_ADDRS};
 use super::workload::{BufferId, Events, ScanStats, ScannedWorkload, ShadowBuffer};
 use crate::hw::{Engine, Gen};
 
@@ -40,10 +40,7 @@ pub struct ScanLimits {
 
 impl Default for ScanLimits {
     fn default() -> Self {
-        ScanLimits {
-            max_bytes: 32 << 20,
-            max_batches: 4096,
-        }
+        ScanLimits { max_bytes: 32 << 20, max_batches: 4096 }
     }
 }
 
@@ -82,19 +79,21 @@ pub enum Verdict {
 /// and costs nothing.
 pub trait ScanObserver {
     /// A command was accepted; `cmd` is the shadow copy after any patch.
-    fn command(
-        &mut self,
-        buffer: BufferKind,
-        offset: u64,
-        desc: &'static CmdDesc,
-        cmd: &[u32],
-        verdict: Verdict,
-    );
+    fn command(&mut self, buffer: BufferKind, offset: u64, desc: &'static CmdDesc, cmd: &[u32], verdict: Verdict);
     /// A run of `count` MI_NOOP dwords was skipped.
     fn noops(&mut self, _buffer: BufferKind, _offset: u64, _count: u64) {}
+    /// Whether this observer wants to see every command. When `false`, the scanner walks
+    /// commands that need no audit without calling [`ScanObserver::command`] for them.
+    fn wants_every_command(&self) -> bool {
+        true
+    }
 }
 
 impl ScanObserver for () {
+    fn wants_every_command(&self) -> bool {
+        false
+    }
+
     #[inline(always)]
     fn command(&mut self, _: BufferKind, _: u64, _: &'static CmdDesc, _: &[u32], _: Verdict) {}
 }
@@ -146,10 +145,7 @@ where
         table: CommandTable::for_gen(params.gen),
         obs: observer,
         out: ScannedWorkload {
-            ring: ShadowBuffer {
-                kind: BufferKind::Ring,
-                dwords: Vec::new(),
-            },
+            ring: ShadowBuffer { kind: BufferKind::Ring, dwords: Vec::new() },
             batches: Vec::new(),
             relocs: Vec::new(),
             root_loads: Vec::new(),
@@ -218,22 +214,13 @@ where
     O: ScanObserver + ?Sized,
 {
     fn ring_error(&self, reason: Reason) -> ScanError {
-        ScanError {
-            at: Location {
-                buffer: BufferKind::Ring,
-                offset: 0,
-                command: None,
-            },
-            reason,
-        }
+        ScanError { at: Location { buffer: BufferKind::Ring, offset: 0, command: None }, reason }
     }
 
     fn charge(&mut self, bytes: u64) -> Result<(), Reason> {
         let total = self.out.stats.bytes_copied.saturating_add(bytes);
         if total > self.p.limits.max_bytes {
-            return Err(Reason::Budget {
-                limit: self.p.limits.max_bytes,
-            });
+            return Err(Reason::Budget { limit: self.p.limits.max_bytes });
         }
         self.out.stats.bytes_copied = total;
         Ok(())
@@ -262,26 +249,14 @@ where
                 size: u64::from(r.size),
             }));
         }
-        let len = if r.tail >= r.head {
-            r.tail - r.head
-        } else {
-            r.size - r.head + r.tail
-        };
-        self.charge(u64::from(len))
-            .map_err(|e| self.ring_error(e))?;
+        let len = if r.tail >= r.head { r.tail - r.head } else { r.size - r.head + r.tail };
+        self.charge(u64::from(len)).map_err(|e| self.ring_error(e))?;
         let mut dwords = vec![0u32; (len / 4) as usize];
         let bytes = zerocopy::IntoBytes::as_mut_bytes(dwords.as_mut_slice());
         let first = (r.size - r.head).min(len) as usize;
         let (a, b) = bytes.split_at_mut(first);
         let fault = |f| self.ring_error(fault_reason(AddrSpace::Ggtt, f));
-        copy_from_gm(
-            self.mem,
-            self.xlate,
-            AddrSpace::Ggtt,
-            r.start + u64::from(r.head),
-            a,
-        )
-        .map_err(fault)?;
+        copy_from_gm(self.mem, self.xlate, AddrSpace::Ggtt, r.start + u64::from(r.head), a).map_err(fault)?;
         copy_from_gm(self.mem, self.xlate, AddrSpace::Ggtt, r.start, b).map_err(fault)?;
         for d in dwords.iter_mut() {
             *d = u32::from_le(*d);
@@ -299,10 +274,7 @@ where
             return Err(Reason::TooManyBuffers(self.p.limits.max_batches));
         }
         let i = self.out.batches.len();
-        self.out.batches.push(ShadowBuffer {
-            kind: BufferKind::Batch { level, space, gma },
-            dwords: Vec::new(),
-        });
+        self.out.batches.push(ShadowBuffer { kind: BufferKind::Batch { level, space, gma }, dwords: Vec::new() });
         self.seen.insert((space, gma, level), i);
         self.queue.push(i + 1);
         Ok(i)
@@ -320,14 +292,8 @@ where
         let old = dwords.len();
         dwords.resize(old + (chunk / 4) as usize, 0);
         let tail = dwords.get_mut(old..).ok_or(Reason::Unterminated(have))?;
-        copy_from_gm(
-            self.mem,
-            self.xlate,
-            space,
-            at,
-            zerocopy::IntoBytes::as_mut_bytes(tail),
-        )
-        .map_err(|f| fault_reason(space, f))?;
+        copy_from_gm(self.mem, self.xlate, space, at, zerocopy::IntoBytes::as_mut_bytes(tail))
+            .map_err(|f| fault_reason(space, f))?;
         for d in tail.iter_mut() {
             *d = u32::from_le(*d);
         }
@@ -355,90 +321,94 @@ where
         result
     }
 
-    fn walk_dwords(
-        &mut self,
-        id: BufferId,
-        kind: BufferKind,
-        dwords: &mut Vec<u32>,
-    ) -> Result<(), ScanError> {
+    fn walk_dwords(&mut self, id: BufferId, kind: BufferKind, dwords: &mut Vec<u32>) -> Result<(), ScanError> {
         let engine = self.p.engine;
         let mut i = 0usize;
-        let at = |i: usize, command| Location {
-            buffer: kind,
-            offset: i as u64 * 4,
-            command,
+        let at = |i: usize, command| Location { buffer: kind, offset: i as u64 * 4, command };
+        let fast = !self.obs.wants_every_command();
+        let luts = self.table.fast_luts(engine);
+        let guess_mask = match engine {
+            Engine::Rcs | Engine::Bcs => 0xff,
+            Engine::Vcs | Engine::Vcs2 | Engine::Vecs => 0xfff,
+        };
+        let fast_mask = match self.p.surfaces {
+            AddrSpace::Ppgtt => ENTRY_FAST,
+            AddrSpace::Ggtt => ENTRY_FAST | ENTRY_HAS_ADDRS,
         };
         loop {
+            if fast {
+                // Commands that need only their length (most 3D/media state, MI_NOOP) take a
+                // tight loop of one table load per command.
+                //
+                // A command's position depends on the previous command's length, so the walk is a
+                // chain of dependent loads. The length is first guessed from dword 0 alone (the
+                // usual DWord Length field and bias of the engine's commands), so the next load
+                // does not wait for the table; the table's answer is checked beside it, and a
+                // wrong guess falls back to the general path for that command.
+                let (mut n, mut noops) = (0u64, 0u64);
+                while let Some(&dw0) = dwords.get(i) {
+                    let len = if dw0 >> 29 == 0 {
+                        if dw0 >> 23 < 0x10 {
+                            1
+                        } else {
+                            (dw0 & 0xff) + 2
+                        }
+                    } else {
+                        (dw0 & guess_mask) + 2
+                    } as usize;
+                    let e = luts.entry(dw0);
+                    if e & fast_mask != ENTRY_FAST || entry_len(e, dw0) as usize != len || i + len > dwords.len() {
+                        break;
+                    }
+                    noops += u64::from(dw0 == 0);
+                    n += 1;
+                    i += len;
+                }
+                self.out.stats.commands += n - noops;
+                self.out.stats.noops += noops;
+            }
             if i >= dwords.len() {
                 if kind == BufferKind::Ring {
                     return Ok(());
                 }
-                self.extend(kind, dwords).map_err(|reason| ScanError {
-                    at: at(i, None),
-                    reason,
-                })?;
+                self.extend(kind, dwords).map_err(|reason| ScanError { at: at(i, None), reason })?;
                 continue;
             }
             let dw0 = dwords.get(i).copied().unwrap_or(0);
             if dw0 == 0 {
-                let run = dwords
-                    .get(i..)
-                    .map_or(0, |rest| rest.iter().take_while(|&&d| d == 0).count());
+                let run = dwords.get(i..).map_or(0, |rest| rest.iter().take_while(|&&d| d == 0).count());
                 self.obs.noops(kind, i as u64 * 4, run as u64);
                 self.out.stats.noops += run as u64;
                 i += run;
                 continue;
             }
-            let desc = match self.table.decode(engine, dw0) {
+            let (decoded, len) = self.table.decode_with_len(engine, dw0);
+            let desc = match decoded {
                 Decoded::Command(d) => d,
                 Decoded::WrongEngine(d) => {
-                    return Err(ScanError {
-                        at: at(i, Some(d.name)),
-                        reason: Reason::WrongEngine(engine),
-                    })
+                    return Err(ScanError { at: at(i, Some(d.name)), reason: Reason::WrongEngine(engine) })
                 }
                 Decoded::Unknown => {
-                    return Err(ScanError {
-                        at: at(i, None),
-                        reason: Reason::UnknownCommand { dw0, engine },
-                    })
+                    return Err(ScanError { at: at(i, None), reason: Reason::UnknownCommand { dw0, engine } })
                 }
             };
-            let len = desc.length.of(dw0) as usize;
+            let len = len as usize;
             while i + len > dwords.len() {
                 if kind == BufferKind::Ring {
-                    let reason = Reason::Truncated {
-                        len: len as u32,
-                        available: (dwords.len() - i) as u64,
-                    };
-                    return Err(ScanError {
-                        at: at(i, Some(desc.name)),
-                        reason,
-                    });
+                    let reason = Reason::Truncated { len: len as u32, available: (dwords.len() - i) as u64 };
+                    return Err(ScanError { at: at(i, Some(desc.name)), reason });
                 }
-                self.extend(kind, dwords).map_err(|reason| ScanError {
-                    at: at(i, Some(desc.name)),
-                    reason,
-                })?;
+                self.extend(kind, dwords).map_err(|reason| ScanError { at: at(i, Some(desc.name)), reason })?;
             }
             let ctx = BufCtx { id, kind, dword: i };
             let Some(cmd) = dwords.get_mut(i..i + len) else {
-                return Err(ScanError {
-                    at: at(i, Some(desc.name)),
-                    reason: Reason::Unterminated(i as u64 * 4),
-                });
+                return Err(ScanError { at: at(i, Some(desc.name)), reason: Reason::Unterminated(i as u64 * 4) });
             };
             let patched_before = self.out.stats.patched;
-            let flow = self.handle(desc, cmd, ctx).map_err(|reason| ScanError {
-                at: at(i, Some(desc.name)),
-                reason,
-            })?;
+            let flow =
+                self.handle(desc, cmd, ctx).map_err(|reason| ScanError { at: at(i, Some(desc.name)), reason })?;
             self.out.stats.commands += 1;
-            let verdict = if self.out.stats.patched != patched_before {
-                Verdict::Patched
-            } else {
-                Verdict::Accepted
-            };
+            let verdict = if self.out.stats.patched != patched_before { Verdict::Patched } else { Verdict::Accepted };
             self.obs.command(kind, i as u64 * 4, desc, cmd, verdict);
             i += len;
             if let Flow::End = flow {

@@ -58,16 +58,8 @@ impl Case {
         let params = ScanParams {
             gen: self.gen,
             engine: self.engine,
-            windows: GmWindows {
-                aperture: APERTURE,
-                hidden: HIDDEN,
-            },
-            ring: RingSpec {
-                start: RING,
-                size: 0x8000,
-                head: 0,
-                tail: ring.len_bytes() as u32,
-            },
+            windows: GmWindows { aperture: APERTURE, hidden: HIDDEN },
+            ring: RingSpec { start: RING, size: 0x8000, head: 0, tail: ring.len_bytes() as u32 },
             surfaces: self.surfaces,
             hwsp: self.hwsp,
             limits: self.limits,
@@ -101,23 +93,12 @@ fn ring_wraps_around_with_a_command_across_the_end() {
     let mut ring_page = vec![0u8; 4096];
     ring_page[4088..].copy_from_slice(&bytes[..8]);
     ring_page[..bytes.len() - 8].copy_from_slice(&bytes[8..]);
-    let img = GmImage::builder()
-        .place(Ggtt, RING, ring_page)
-        .build()
-        .unwrap();
+    let img = GmImage::builder().place(Ggtt, RING, ring_page).build().unwrap();
     let params = ScanParams {
         gen: Gen::Gen9,
         engine: Engine::Rcs,
-        windows: GmWindows {
-            aperture: APERTURE,
-            hidden: HIDDEN,
-        },
-        ring: RingSpec {
-            start: RING,
-            size: 4096,
-            head: 4088,
-            tail: (bytes.len() - 8) as u32,
-        },
+        windows: GmWindows { aperture: APERTURE, hidden: HIDDEN },
+        ring: RingSpec { start: RING, size: 4096, head: 4088, tail: (bytes.len() - 8) as u32 },
         surfaces: Ppgtt,
         hwsp: None,
         limits: ScanLimits::default(),
@@ -130,71 +111,33 @@ fn ring_wraps_around_with_a_command_across_the_end() {
 
 #[test]
 fn bad_ring_registers() {
-    let img = GmImage::builder()
-        .place(Ggtt, RING, vec![0; 4096])
-        .build()
-        .unwrap();
+    let img = GmImage::builder().place(Ggtt, RING, vec![0; 4096]).build().unwrap();
     let base = ScanParams {
         gen: Gen::Gen9,
         engine: Engine::Rcs,
-        windows: GmWindows {
-            aperture: APERTURE,
-            hidden: HIDDEN,
-        },
-        ring: RingSpec {
-            start: RING,
-            size: 4096,
-            head: 0,
-            tail: 8,
-        },
+        windows: GmWindows { aperture: APERTURE, hidden: HIDDEN },
+        ring: RingSpec { start: RING, size: 4096, head: 0, tail: 8 },
         surfaces: Ppgtt,
         hwsp: None,
         limits: ScanLimits::default(),
     };
     for ring in [
-        RingSpec {
-            start: RING + 4,
-            ..base.ring
-        },
-        RingSpec {
-            size: 4095,
-            ..base.ring
-        },
-        RingSpec {
-            size: 4 << 20,
-            ..base.ring
-        },
-        RingSpec {
-            tail: 4096,
-            ..base.ring
-        },
-        RingSpec {
-            tail: 4,
-            ..base.ring
-        },
-        RingSpec {
-            start: 0x1000,
-            ..base.ring
-        },
-        RingSpec {
-            start: APERTURE.end() - 4096,
-            size: 8192,
-            ..base.ring
-        },
+        RingSpec { start: RING + 4, ..base.ring },
+        RingSpec { size: 4095, ..base.ring },
+        RingSpec { size: 4 << 20, ..base.ring },
+        RingSpec { tail: 4096, ..base.ring },
+        RingSpec { tail: 4, ..base.ring },
+        RingSpec { start: 0x1000, ..base.ring },
+        RingSpec { start: APERTURE.end() - 4096, size: 8192, ..base.ring },
     ] {
         let p = ScanParams { ring, ..base };
-        assert!(
-            scan_ring(&img.mem, &img.xlate, &p, &mut ()).is_err(),
-            "{ring:?}"
-        );
+        assert!(scan_ring(&img.mem, &img.xlate, &p, &mut ()).is_err(), "{ring:?}");
     }
 }
 
 #[test]
 fn user_interrupt_becomes_noop_and_an_event() {
-    let w = case()
-        .scan(ring().user_interrupt().user_interrupt())
-        .unwrap();
+    let w = case().scan(ring().user_interrupt().user_interrupt()).unwrap();
     assert_eq!(w.ring.dwords, vec![0, 0]);
     assert_eq!(w.events, Events::USER_INTERRUPT);
     assert_eq!(w.stats.patched, 2);
@@ -203,71 +146,39 @@ fn user_interrupt_becomes_noop_and_an_event() {
 #[test]
 fn store_data_imm_audit() {
     assert!(case().scan(ring().store_dword(Ggtt, TARGET, 1)).is_ok());
-    assert!(case()
-        .scan(ring().store_qword(Ggtt, HIDDEN.base, 1))
-        .is_ok());
+    assert!(case().scan(ring().store_qword(Ggtt, HIDDEN.base, 1)).is_ok());
     assert!(matches!(
         reason(case().scan(ring().store_dword(Ggtt, 0x1000, 1))),
-        Reason::AddressOutsideWindows {
-            addr: 0x1000,
-            size: 4,
-            ..
-        }
+        Reason::AddressOutsideWindows { addr: 0x1000, size: 4, .. }
     ));
     // The last dword of the aperture is fine for a dword store, a qword store straddles its end.
-    assert!(case()
-        .scan(ring().store_dword(Ggtt, APERTURE.end() - 4, 1))
-        .is_ok());
-    assert!(case()
-        .scan(ring().store_qword(Ggtt, APERTURE.end() - 4, 1))
-        .is_err());
+    assert!(case().scan(ring().store_dword(Ggtt, APERTURE.end() - 4, 1)).is_ok());
+    assert!(case().scan(ring().store_qword(Ggtt, APERTURE.end() - 4, 1)).is_err());
     // High bits of the address count.
-    assert!(case()
-        .scan(ring().store_dword(Ggtt, TARGET | 1 << 32, 1))
-        .is_err());
+    assert!(case().scan(ring().store_dword(Ggtt, TARGET | 1 << 32, 1)).is_err());
     // PPGTT stores are bounded by the shadow PPGTT, not by the GGTT windows.
     assert!(case().scan(ring().store_dword(Ppgtt, 0x1000, 1)).is_ok());
 }
 
 #[test]
 fn register_audit() {
-    assert!(case()
-        .scan(ring().lri(&[(0x2600, 1), (0x7004, 2), (0x2418, 3)]))
-        .is_ok());
+    assert!(case().scan(ring().lri(&[(0x2600, 1), (0x7004, 2), (0x2418, 3)])).is_ok());
     assert!(matches!(
         reason(case().scan(ring().lri(&[(0x2600, 1), (0x2034, 0)]))),
-        Reason::RegisterNotAllowed {
-            reg: 0x2034,
-            access: regs::RegAccess::Write
-        }
+        Reason::RegisterNotAllowed { reg: 0x2034, access: regs::RegAccess::Write }
     ));
     assert!(case().scan(ring().srm(0x2358, Ggtt, TARGET)).is_ok());
     assert!(case().scan(ring().srm(0x2038, Ggtt, TARGET)).is_err());
     assert!(case().scan(ring().lrm(0x2438, Ggtt, TARGET)).is_ok());
-    assert!(
-        case().scan(ring().lrm(0x2358, Ggtt, TARGET)).is_err(),
-        "timestamps are read-only"
-    );
-    assert!(
-        case().scan(ring().lrm(0x2438, Ggtt, 0x1000)).is_err(),
-        "source outside the windows"
-    );
+    assert!(case().scan(ring().lrm(0x2358, Ggtt, TARGET)).is_err(), "timestamps are read-only");
+    assert!(case().scan(ring().lrm(0x2438, Ggtt, 0x1000)).is_err(), "source outside the windows");
     assert!(case().scan(ring().lrr(0x2350, 0x2600)).is_ok());
     assert!(case().scan(ring().lrr(0x2600, 0x2080)).is_err());
     // The video engine cannot write render registers.
-    assert!(case()
-        .on(Engine::Vcs)
-        .scan(ring().lri(&[(0x2600, 1)]))
-        .is_err());
-    assert!(case()
-        .on(Engine::Vcs)
-        .scan(ring().lri(&[(0x1_2600, 1)]))
-        .is_ok());
+    assert!(case().on(Engine::Vcs).scan(ring().lri(&[(0x2600, 1)])).is_err());
+    assert!(case().on(Engine::Vcs).scan(ring().lri(&[(0x1_2600, 1)])).is_ok());
     // LRI length must be 1 + 2n.
-    assert!(matches!(
-        reason(case().scan(ring().raw(&[0x1100_0002, 0x2600, 0, 0]))),
-        Reason::BadLength { .. }
-    ));
+    assert!(matches!(reason(case().scan(ring().raw(&[0x1100_0002, 0x2600, 0, 0]))), Reason::BadLength { .. }));
 }
 
 #[test]
@@ -275,33 +186,17 @@ fn force_nonpriv_values_are_filtered() {
     assert!(case().scan(ring().lri(&[(0x24d0, 0x2350)])).is_ok());
     assert!(matches!(
         reason(case().scan(ring().lri(&[(0x24d0, 0x2080)]))),
-        Reason::NonprivValue {
-            reg: 0x24d0,
-            value: 0x2080
-        }
+        Reason::NonprivValue { reg: 0x24d0, value: 0x2080 }
     ));
     assert!(case().scan(ring().lrm(0x24d0, Ggtt, TARGET)).is_err());
 }
 
 #[test]
 fn page_table_roots_are_recorded_and_host_registers_discarded() {
-    let w = case()
-        .scan(ring().noop(2).lri(&[(0x2274, 0), (0x2270, 0x1000)]))
-        .unwrap();
+    let w = case().scan(ring().noop(2).lri(&[(0x2274, 0), (0x2270, 0x1000)])).unwrap();
     assert_eq!(
         w.root_loads,
-        vec![
-            RootLoad {
-                buffer: 0,
-                dword: 4,
-                reg: 0x2274
-            },
-            RootLoad {
-                buffer: 0,
-                dword: 6,
-                reg: 0x2270
-            }
-        ]
+        vec![RootLoad { buffer: 0, dword: 4, reg: 0x2274 }, RootLoad { buffer: 0, dword: 6, reg: 0x2270 }]
     );
     let w = case().scan(ring().lri(&[(0x4_4050, 0)])).unwrap();
     assert_eq!(w.ring.dwords[1], regs::DISCARD_REG);
@@ -315,35 +210,17 @@ fn pipe_control() {
         b.pipe_control(flags, post, space, addr, 0, notify);
         b
     };
-    assert!(case()
-        .scan(&pc(0, PostSync::WriteImmediate, Ggtt, TARGET, false))
-        .is_ok());
-    assert!(case()
-        .scan(&pc(0, PostSync::WriteTimestamp, Ggtt, 0x2000, false))
-        .is_err());
-    assert!(case()
-        .scan(&pc(
-            0,
-            PostSync::WriteDepthCount,
-            Ggtt,
-            APERTURE.end() - 4,
-            false
-        ))
-        .is_err());
-    assert!(case()
-        .scan(&pc(0, PostSync::WriteImmediate, Ppgtt, 0x2000, false))
-        .is_ok());
+    assert!(case().scan(&pc(0, PostSync::WriteImmediate, Ggtt, TARGET, false)).is_ok());
+    assert!(case().scan(&pc(0, PostSync::WriteTimestamp, Ggtt, 0x2000, false)).is_err());
+    assert!(case().scan(&pc(0, PostSync::WriteDepthCount, Ggtt, APERTURE.end() - 4, false)).is_err());
+    assert!(case().scan(&pc(0, PostSync::WriteImmediate, Ppgtt, 0x2000, false)).is_ok());
     // Notify is removed from the copy and raised at completion.
     let w = case().scan(&pc(0, PostSync::None, Ggtt, 0, true)).unwrap();
     assert_eq!(w.ring.dwords[1] & (1 << 8), 0);
     assert_eq!(w.events, Events::PIPE_CONTROL_NOTIFY);
     // LRI post-sync writes a register: audited like an LRI.
-    assert!(case()
-        .scan(&pc(1 << 23, PostSync::WriteImmediate, Ggtt, 0x2600, false))
-        .is_ok());
-    assert!(case()
-        .scan(&pc(1 << 23, PostSync::WriteImmediate, Ggtt, 0x2080, false))
-        .is_err());
+    assert!(case().scan(&pc(1 << 23, PostSync::WriteImmediate, Ggtt, 0x2600, false)).is_ok());
+    assert!(case().scan(&pc(1 << 23, PostSync::WriteImmediate, Ggtt, 0x2080, false)).is_err());
 }
 
 #[test]
@@ -381,38 +258,20 @@ fn flush_dw_is_audited_in_both_lengths() {
 #[test]
 fn other_memory_commands() {
     assert!(case().scan(ring().atomic(7, 1, Ggtt, TARGET)).is_ok());
-    assert!(case()
-        .scan(ring().atomic(7, 1, Ggtt, APERTURE.end() - 4))
-        .is_err());
+    assert!(case().scan(ring().atomic(7, 1, Ggtt, APERTURE.end() - 4)).is_err());
     assert!(case().scan(ring().semaphore_wait(Ggtt, TARGET, 1)).is_ok());
     assert!(case().scan(ring().semaphore_wait(Ggtt, 0x1000, 1)).is_err());
-    assert!(case()
-        .scan(ring().copy_mem_mem(Ggtt, TARGET, Ggtt, TARGET + 64))
-        .is_ok());
-    assert!(case()
-        .scan(ring().copy_mem_mem(Ggtt, TARGET, Ggtt, 0x40))
-        .is_err());
-    assert!(case()
-        .scan(ring().copy_mem_mem(Ppgtt, 0x40, Ggtt, TARGET))
-        .is_ok());
+    assert!(case().scan(ring().copy_mem_mem(Ggtt, TARGET, Ggtt, TARGET + 64)).is_ok());
+    assert!(case().scan(ring().copy_mem_mem(Ggtt, TARGET, Ggtt, 0x40)).is_err());
+    assert!(case().scan(ring().copy_mem_mem(Ppgtt, 0x40, Ggtt, TARGET)).is_ok());
     // MI_REPORT_PERF_COUNT writes a 256-byte report.
-    assert!(case()
-        .scan(ring().raw(&[0x1400_0002, (TARGET as u32) | 1, 0, 0]))
-        .is_ok());
-    assert!(case()
-        .scan(ring().raw(&[0x1400_0002, (APERTURE.end() as u32 - 64) | 1, 0, 0]))
-        .is_err());
+    assert!(case().scan(ring().raw(&[0x1400_0002, (TARGET as u32) | 1, 0, 0])).is_ok());
+    assert!(case().scan(ring().raw(&[0x1400_0002, (APERTURE.end() as u32 - 64) | 1, 0, 0])).is_err());
     // MI_CONDITIONAL_BATCH_BUFFER_END reads its compare address.
-    assert!(case()
-        .scan(ring().raw(&[0x1b40_0002, 0, TARGET as u32, 0]))
-        .is_ok());
-    assert!(case()
-        .scan(ring().raw(&[0x1b40_0002, 0, 0x3000, 0]))
-        .is_err());
+    assert!(case().scan(ring().raw(&[0x1b40_0002, 0, TARGET as u32, 0])).is_ok());
+    assert!(case().scan(ring().raw(&[0x1b40_0002, 0, 0x3000, 0])).is_err());
     // MI_MATH has no operands in memory.
-    assert!(case()
-        .scan(ring().math(&[0x0010_0000, 0x0200_0000]))
-        .is_ok());
+    assert!(case().scan(ring().math(&[0x0010_0000, 0x0200_0000])).is_ok());
 }
 
 #[test]
@@ -424,50 +283,32 @@ fn privileged_commands_are_rejected() {
         &[0x0900_0000, 0][..],            // MI_LOAD_SCAN_LINES_INCL
         &[0x1080_0001, 0x40, 0][..],      // MI_STORE_DATA_INDEX
     ] {
-        assert!(
-            matches!(reason(case().scan(ring().raw(dws))), Reason::Privileged(_)),
-            "{:#x}",
-            dws[0]
-        );
+        assert!(matches!(reason(case().scan(ring().raw(dws))), Reason::Privileged(_)), "{:#x}", dws[0]);
     }
 }
 
 #[test]
 fn wait_for_event_and_report_head_are_neutralised() {
-    let w = case()
-        .scan(ring().raw(&[0x0180_0000, 0x0380_0000]))
-        .unwrap();
+    let w = case().scan(ring().raw(&[0x0180_0000, 0x0380_0000])).unwrap();
     assert_eq!(w.ring.dwords, vec![0, 0]);
 }
 
 #[test]
 fn unknown_and_wrong_engine() {
-    assert!(matches!(
-        reason(case().scan(ring().raw(&[0x3000_0000, 0]))),
-        Reason::UnknownCommand { .. }
-    ));
+    assert!(matches!(reason(case().scan(ring().raw(&[0x3000_0000, 0]))), Reason::UnknownCommand { .. }));
     assert!(matches!(
         reason(case().on(Engine::Bcs).scan(ring().raw(&[0x0480_0000, 0]))),
         Reason::WrongEngine(Engine::Bcs)
     ));
     // A 3D command on the blitter, a blit on render.
-    assert!(case()
-        .on(Engine::Bcs)
-        .scan(ring().raw(&[0x7a00_0004, 0, 0, 0, 0, 0]))
-        .is_err());
+    assert!(case().on(Engine::Bcs).scan(ring().raw(&[0x7a00_0004, 0, 0, 0, 0, 0])).is_err());
     assert!(case().scan(ring().xy_color(TARGET, 64, 4, 4, 0)).is_err());
 }
 
 #[test]
 fn truncated_command_in_the_ring() {
     let r = case().scan(ring().raw(&[0x1000_0002, TARGET as u32]));
-    assert!(matches!(
-        reason(r),
-        Reason::Truncated {
-            len: 4,
-            available: 2
-        }
-    ));
+    assert!(matches!(reason(r), Reason::Truncated { len: 4, available: 2 }));
 }
 
 #[test]
@@ -475,41 +316,24 @@ fn batches_chains_and_second_level() {
     let l2 = 0x10_c000;
     let chained = 0x10_a000;
     let mut b1 = CmdBuf::new();
-    b1.store_dword(Ggtt, TARGET, 1)
-        .bb_start(Ggtt, l2, true)
-        .bb_start(Ggtt, chained, false);
+    b1.store_dword(Ggtt, TARGET, 1).bb_start(Ggtt, l2, true).bb_start(Ggtt, chained, false);
     let mut b2 = CmdBuf::new();
     b2.user_interrupt().bb_end();
     let mut lvl2 = CmdBuf::new();
     lvl2.store_dword(Ggtt, TARGET + 4, 2).bb_end();
-    let c = case()
-        .with(Ggtt, BATCH, &b1)
-        .with(Ggtt, chained, &b2)
-        .with(Ggtt, l2, &lvl2);
-    let mut w = c
-        .scan(
-            ring()
-                .bb_start(Ggtt, BATCH, false)
-                .store_dword(Ggtt, TARGET, 3),
-        )
-        .unwrap();
+    let c = case().with(Ggtt, BATCH, &b1).with(Ggtt, chained, &b2).with(Ggtt, l2, &lvl2);
+    let mut w = c.scan(ring().bb_start(Ggtt, BATCH, false).store_dword(Ggtt, TARGET, 3)).unwrap();
     assert_eq!(w.batches.len(), 3);
     assert_eq!(w.relocs.len(), 3);
     assert!(w.events.contains(Events::USER_INTERRUPT));
     // Every copy ends at its BB_END or chaining BB_START, not at the page end.
     let lens: Vec<usize> = w.batches.iter().map(|b| b.dwords.len()).collect();
-    assert!(
-        lens.contains(&(4 + 3 + 3)) && lens.contains(&2) && lens.contains(&5),
-        "{lens:?}"
-    );
+    assert!(lens.contains(&(4 + 3 + 3)) && lens.contains(&2) && lens.contains(&5), "{lens:?}");
     // Relocation points each batch start at its shadow.
     w.relocate(|i, _| 0x4000_0000 + (i as u64) * 0x1000);
     for r in &w.relocs {
         let buf = w.buffer(r.buffer).unwrap();
-        assert_eq!(
-            buf.dwords[r.dword + 1],
-            0x4000_0000 + (r.target as u32) * 0x1000
-        );
+        assert_eq!(buf.dwords[r.dword + 1], 0x4000_0000 + (r.target as u32) * 0x1000);
         assert_eq!(buf.dwords[r.dword + 2], 0);
     }
 }
@@ -523,42 +347,24 @@ fn nesting_rules() {
     let mut end = CmdBuf::new();
     end.bb_end();
     // Second level from the ring.
-    assert!(matches!(
-        reason(case().scan(ring().bb_start(Ggtt, BATCH, true))),
-        Reason::Nesting(_)
-    ));
+    assert!(matches!(reason(case().scan(ring().bb_start(Ggtt, BATCH, true))), Reason::Nesting(_)));
     // A third level.
-    let c = case()
-        .with(Ggtt, BATCH, &to_l2)
-        .with(Ggtt, 0x10_c000, &l3)
-        .with(Ggtt, 0x10_e000, &end);
-    assert!(matches!(
-        reason(c.scan(ring().bb_start(Ggtt, BATCH, false))),
-        Reason::Nesting(_)
-    ));
+    let c = case().with(Ggtt, BATCH, &to_l2).with(Ggtt, 0x10_c000, &l3).with(Ggtt, 0x10_e000, &end);
+    assert!(matches!(reason(c.scan(ring().bb_start(Ggtt, BATCH, false))), Reason::Nesting(_)));
     // A PPGTT batch may not start a GGTT one.
     let mut up = CmdBuf::new();
     up.bb_start(Ggtt, 0x10_e000, false);
     let c = case().with(Ppgtt, 0x5000, &up).with(Ggtt, 0x10_e000, &end);
-    assert!(matches!(
-        reason(c.scan(ring().bb_start(Ppgtt, 0x5000, false))),
-        Reason::Nesting(_)
-    ));
+    assert!(matches!(reason(c.scan(ring().bb_start(Ppgtt, 0x5000, false))), Reason::Nesting(_)));
     // BB_END in the ring.
-    assert!(matches!(
-        reason(case().scan(ring().bb_end())),
-        Reason::Nesting(_)
-    ));
+    assert!(matches!(reason(case().scan(ring().bb_end())), Reason::Nesting(_)));
 }
 
 #[test]
 fn a_batch_that_jumps_to_itself_is_copied_once() {
     let mut lp = CmdBuf::new();
     lp.store_dword(Ggtt, TARGET, 1).bb_start(Ggtt, BATCH, false);
-    let w = case()
-        .with(Ggtt, BATCH, &lp)
-        .scan(ring().bb_start(Ggtt, BATCH, false))
-        .unwrap();
+    let w = case().with(Ggtt, BATCH, &lp).scan(ring().bb_start(Ggtt, BATCH, false)).unwrap();
     assert_eq!(w.batches.len(), 1);
     assert_eq!(w.relocs.iter().filter(|r| r.target == 0).count(), 2);
 }
@@ -569,19 +375,9 @@ fn softpinned_canonical_ppgtt_batches() {
     let top = 0xffff_ffff_fffe_0000u64;
     let mut b = CmdBuf::new();
     b.store_dword(Ppgtt, top + 0x1000, 9).bb_end();
-    let w = case()
-        .with(Ppgtt, top & ((1 << 48) - 1), &b)
-        .scan(ring().bb_start(Ppgtt, top, false))
-        .unwrap();
+    let w = case().with(Ppgtt, top & ((1 << 48) - 1), &b).scan(ring().bb_start(Ppgtt, top, false)).unwrap();
     assert_eq!(w.batches.len(), 1);
-    assert_eq!(
-        w.batches[0].kind,
-        BufferKind::Batch {
-            level: 1,
-            space: Ppgtt,
-            gma: 0xffff_fffe_0000
-        }
-    );
+    assert_eq!(w.batches[0].kind, BufferKind::Batch { level: 1, space: Ppgtt, gma: 0xffff_fffe_0000 });
     assert!(matches!(
         reason(case().scan(ring().bb_start(Ppgtt, 0x1234_0000_0000_0000, false))),
         Reason::NonCanonical(_)
@@ -593,28 +389,14 @@ fn unterminated_and_over_budget_batches() {
     // Runs into unmapped memory.
     let mut b = CmdBuf::new();
     b.noop(1024);
-    let r = case()
-        .with(Ggtt, BATCH, &b)
-        .scan(ring().bb_start(Ggtt, BATCH, false));
-    assert!(matches!(
-        reason(r),
-        Reason::Unmapped {
-            space: Ggtt,
-            gma: 0x10_9000
-        }
-    ));
+    let r = case().with(Ggtt, BATCH, &b).scan(ring().bb_start(Ggtt, BATCH, false));
+    assert!(matches!(reason(r), Reason::Unmapped { space: Ggtt, gma: 0x10_9000 }));
     // A budget smaller than the batch.
     let mut big = CmdBuf::new();
     big.noop(16 * 1024).bb_end();
     let mut c = case().with(Ggtt, BATCH, &big);
-    c.limits = ScanLimits {
-        max_bytes: 32 * 1024,
-        max_batches: 16,
-    };
-    assert!(matches!(
-        reason(c.scan(ring().bb_start(Ggtt, BATCH, false))),
-        Reason::Budget { limit: 32768 }
-    ));
+    c.limits = ScanLimits { max_bytes: 32 * 1024, max_batches: 16 };
+    assert!(matches!(reason(c.scan(ring().bb_start(Ggtt, BATCH, false))), Reason::Budget { limit: 32768 }));
     c.limits = ScanLimits::default();
     assert!(c.scan(ring().bb_start(Ggtt, BATCH, false)).is_ok());
     // Batch start outside the windows.
@@ -627,24 +409,13 @@ fn copy_then_scan_copies_are_immune_to_later_guest_writes() {
     b.store_dword(Ggtt, TARGET, 1).bb_end();
     let mut r = ring();
     r.bb_start(Ggtt, BATCH, false);
-    let img = GmImage::builder()
-        .place_dwords(Ggtt, RING, &r.dwords)
-        .place_dwords(Ggtt, BATCH, &b.dwords)
-        .build()
-        .unwrap();
+    let img =
+        GmImage::builder().place_dwords(Ggtt, RING, &r.dwords).place_dwords(Ggtt, BATCH, &b.dwords).build().unwrap();
     let params = ScanParams {
         gen: Gen::Gen9,
         engine: Engine::Rcs,
-        windows: GmWindows {
-            aperture: APERTURE,
-            hidden: HIDDEN,
-        },
-        ring: RingSpec {
-            start: RING,
-            size: 4096,
-            head: 0,
-            tail: 16,
-        },
+        windows: GmWindows { aperture: APERTURE, hidden: HIDDEN },
+        ring: RingSpec { start: RING, size: 4096, head: 0, tail: 16 },
         surfaces: Ppgtt,
         hwsp: None,
         limits: ScanLimits::default(),
@@ -659,39 +430,21 @@ fn copy_then_scan_copies_are_immune_to_later_guest_writes() {
 #[test]
 fn blits_in_ggtt_mode_are_bounded() {
     let c = case().on(Engine::Bcs).ggtt_surfaces();
-    assert!(c
-        .scan(ring().xy_src_copy(TARGET, 256, TARGET + 0x10000, 256, 64, 64))
-        .is_ok());
+    assert!(c.scan(ring().xy_src_copy(TARGET, 256, TARGET + 0x10000, 256, 64, 64)).is_ok());
     // The destination's last row runs past the aperture.
-    assert!(c
-        .scan(ring().xy_src_copy(APERTURE.end() - 0x1000, 256, TARGET, 256, 64, 64))
-        .is_err());
+    assert!(c.scan(ring().xy_src_copy(APERTURE.end() - 0x1000, 256, TARGET, 256, 64, 64)).is_err());
     // The source is outside.
-    assert!(c
-        .scan(ring().xy_src_copy(TARGET, 256, 0x4000, 256, 64, 64))
-        .is_err());
+    assert!(c.scan(ring().xy_src_copy(TARGET, 256, 0x4000, 256, 64, 64)).is_err());
     assert!(c.scan(ring().xy_color(TARGET, 256, 64, 64, 0)).is_ok());
-    assert!(c
-        .scan(ring().xy_color(HIDDEN.end() - 256 * 63, 256, 64, 64, 0))
-        .is_err());
-    assert!(c
-        .scan(ring().xy_fast_copy(HIDDEN.base, 1024, TARGET, 1024, 256, 16))
-        .is_ok());
-    assert!(c
-        .scan(ring().xy_fast_copy(HIDDEN.base, 1024, TARGET, 1024, 256, 1024))
-        .is_err());
+    assert!(c.scan(ring().xy_color(HIDDEN.end() - 256 * 63, 256, 64, 64, 0)).is_err());
+    assert!(c.scan(ring().xy_fast_copy(HIDDEN.base, 1024, TARGET, 1024, 256, 16)).is_ok());
+    assert!(c.scan(ring().xy_fast_copy(HIDDEN.base, 1024, TARGET, 1024, 256, 1024)).is_err());
     // Legacy blits whose Gen8+ layout is unknown: only with PPGTT surfaces.
     let setup = [0x4040_0008u32, 0, 0, 0, 0, 0, 0, 0, 0, 0];
-    assert!(matches!(
-        reason(c.scan(ring().raw(&setup))),
-        Reason::UnboundedSurface
-    ));
+    assert!(matches!(reason(c.scan(ring().raw(&setup))), Reason::UnboundedSurface));
     assert!(case().on(Engine::Bcs).scan(ring().raw(&setup)).is_ok());
     // With PPGTT surfaces nothing is bounded by the GGTT windows.
-    assert!(case()
-        .on(Engine::Bcs)
-        .scan(ring().xy_src_copy(0x4000, 256, 0x8000, 256, 64, 64))
-        .is_ok());
+    assert!(case().on(Engine::Bcs).scan(ring().xy_src_copy(0x4000, 256, 0x8000, 256, 64, 64)).is_ok());
 }
 
 #[test]
@@ -702,26 +455,16 @@ fn state_addresses_in_ggtt_mode() {
     let c = case().ggtt_surfaces();
     assert!(c.scan(ring().raw(&sba)).is_ok());
     sba[4] = 0x3000 | 1;
-    assert!(matches!(
-        reason(c.scan(ring().raw(&sba))),
-        Reason::AddressOutsideWindows { .. }
-    ));
-    assert!(
-        case().scan(ring().raw(&sba)).is_ok(),
-        "PPGTT state addresses are not GGTT-audited"
-    );
+    assert!(matches!(reason(c.scan(ring().raw(&sba))), Reason::AddressOutsideWindows { .. }));
+    assert!(case().scan(ring().raw(&sba)).is_ok(), "PPGTT state addresses are not GGTT-audited");
 }
 
 #[test]
 fn media_driver_commands_on_video_engines() {
     let t = CommandTable::for_gen(Gen::Gen9);
-    for name in [
-        "HCP_PIPE_MODE_SELECT",
-        "HUC_PIPE_MODE_SELECT",
-        "VDENC_PIPE_MODE_SELECT",
-        "VD_PIPELINE_FLUSH",
-        "MFX_WAIT",
-    ] {
+    for name in
+        ["HCP_PIPE_MODE_SELECT", "HUC_PIPE_MODE_SELECT", "VDENC_PIPE_MODE_SELECT", "VD_PIPELINE_FLUSH", "MFX_WAIT"]
+    {
         let d = t.by_name(name).unwrap_or_else(|| panic!("{name}"));
         let len = match d.length {
             Length::Fixed(n) => n as usize,
@@ -737,10 +480,6 @@ fn media_driver_commands_on_video_engines() {
 
 #[test]
 fn semaphore_register_poll_reads_a_register() {
-    assert!(case()
-        .scan(ring().raw(&[0x0e01_8002, 0, 0x2358, 0]))
-        .is_ok());
-    assert!(case()
-        .scan(ring().raw(&[0x0e01_8002, 0, 0x2080, 0]))
-        .is_err());
+    assert!(case().scan(ring().raw(&[0x0e01_8002, 0, 0x2358, 0])).is_ok());
+    assert!(case().scan(ring().raw(&[0x0e01_8002, 0, 0x2080, 0])).is_err());
 }

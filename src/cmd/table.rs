@@ -67,17 +67,9 @@ impl AddrField {
     pub fn read(&self, cmd: &[u32], i: usize) -> Option<u64> {
         let dw = usize::from(self.dword).checked_add(usize::from(self.stride).checked_mul(i)?)?;
         let low = u64::from(*cmd.get(dw)?);
-        let word = if self.hi > 31 {
-            low | (u64::from(*cmd.get(dw.checked_add(1)?)?) << 32)
-        } else {
-            low
-        };
-        let width = u32::from(self.hi)
-            .checked_sub(u32::from(self.lo))?
-            .checked_add(1)?;
-        let mask = u64::MAX
-            .checked_shr(64u32.saturating_sub(width))
-            .unwrap_or(0);
+        let word = if self.hi > 31 { low | (u64::from(*cmd.get(dw.checked_add(1)?)?) << 32) } else { low };
+        let width = u32::from(self.hi).checked_sub(u32::from(self.lo))?.checked_add(1)?;
+        let mask = u64::MAX.checked_shr(64u32.saturating_sub(width)).unwrap_or(0);
         Some((word >> self.lo & mask) << self.lo)
     }
 
@@ -179,12 +171,8 @@ impl Rejection {
     /// The reason given to the guest's owner.
     pub const fn reason(self) -> &'static str {
         match self {
-            Rejection::SetContext => {
-                "legacy ring-buffer context switch; contexts are switched only by execlists"
-            }
-            Rejection::UpdateGtt => {
-                "writes GTT entries directly; GTT updates go through the mediated GTT region"
-            }
+            Rejection::SetContext => "legacy ring-buffer context switch; contexts are switched only by execlists",
+            Rejection::UpdateGtt => "writes GTT entries directly; GTT updates go through the mediated GTT region",
             Rejection::DisplayFlip => "flips a display plane; the vGPU owns no display plane",
             Rejection::ScanLines => "programs display scan-line windows; the vGPU owns no pipe",
             Rejection::StoreDataIndex => "writes into the host engine's status page",
@@ -232,17 +220,19 @@ include!(concat!(env!("OUT_DIR"), "/cmd_tables.rs"));
 pub struct CommandTable {
     gen: Gen,
     descs: &'static [CmdDesc],
-    mi: &'static [u16; 64],
-    blt: &'static [u16; 128],
-    render: &'static [u16; 8192],
-    video: &'static [u16; 8192],
-    vebox: &'static [u16; 8192],
+    mi: &'static [u32; 64],
+    mi_per_engine: [&'static [u32; 64]; 5],
+    blt: &'static [u32; 128],
+    render: &'static [u32; 8192],
+    video: &'static [u32; 8192],
+    vebox: &'static [u32; 8192],
 }
 
 static TABLE_GEN8: CommandTable = CommandTable {
     gen: Gen::Gen8,
     descs: &GEN8_DESCS,
     mi: &GEN8_MI,
+    mi_per_engine: [&GEN8_MI_RCS, &GEN8_MI_BCS, &GEN8_MI_VCS, &GEN8_MI_VCS2, &GEN8_MI_VECS],
     blt: &GEN8_BLT,
     render: &GEN8_RENDER,
     video: &GEN8_VIDEO,
@@ -253,11 +243,44 @@ static TABLE_GEN9: CommandTable = CommandTable {
     gen: Gen::Gen9,
     descs: &GEN9_DESCS,
     mi: &GEN9_MI,
+    mi_per_engine: [&GEN9_MI_RCS, &GEN9_MI_BCS, &GEN9_MI_VCS, &GEN9_MI_VCS2, &GEN9_MI_VECS],
     blt: &GEN9_BLT,
     render: &GEN9_RENDER,
     video: &GEN9_VIDEO,
     vebox: &GEN9_VEBOX,
 };
+
+/// Entry flag: a generic command that needs only a length walk when surfaces are PPGTT-addressed.
+pub(crate) const ENTRY_FAST: u32 = 1 << 31;
+/// Entry flag: the command has address fields.
+pub(crate) const ENTRY_HAS_ADDRS: u32 = 1 << 30;
+
+/// Length in dwords from a packed decode-table entry and dword 0.
+#[inline(always)]
+pub(crate) fn entry_len(e: u32, dw0: u32) -> u32 {
+    let code = e & 0x3fff;
+    let n = (code >> 5) & 0xff;
+    if code & (1 << 13) != 0 {
+        n
+    } else {
+        (dw0 & ((1u32 << (code & 31)) - 1)) + n
+    }
+}
+
+/// Per-type decode tables of one engine: (table, shift, mask) by command type.
+#[derive(Clone, Copy)]
+pub(crate) struct FastLuts([(&'static [u32], u32, u32); 8]);
+
+impl FastLuts {
+    /// The entry for `dw0`, 0 when none.
+    #[inline(always)]
+    pub(crate) fn entry(&self, dw0: u32) -> u32 {
+        match self.0.get((dw0 >> 29) as usize) {
+            Some(&(t, shift, mask)) => t.get(((dw0 >> shift) & mask) as usize).copied().unwrap_or(0),
+            None => 0,
+        }
+    }
+}
 
 /// Result of decoding a header for an engine.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -289,9 +312,9 @@ impl CommandTable {
         self.descs
     }
 
-    /// Decodes dword 0 of a command for `engine`.
-    #[inline]
-    pub fn decode(&self, engine: Engine, dw0: u32) -> Decoded {
+    /// The packed decode-table entry for `dw0` on `engine`: `(index + 1) << 14 | length code`.
+    #[inline(always)]
+    fn entry(&self, engine: Engine, dw0: u32) -> u32 {
         let slot = match dw0 >> 29 {
             0 => self.mi.get(((dw0 >> 23) & 0x3f) as usize),
             2 if engine == Engine::Bcs => self.blt.get(((dw0 >> 22) & 0x7f) as usize),
@@ -306,19 +329,56 @@ impl CommandTable {
             }
             _ => None,
         };
-        let Some(desc) = slot
-            .and_then(|&i| usize::from(i).checked_sub(1))
-            .and_then(|i| self.descs.get(i))
-        else {
-            return Decoded::Unknown;
+        slot.copied().unwrap_or(0)
+    }
+
+    /// Decodes dword 0 of a command for `engine`.
+    #[inline]
+    pub fn decode(&self, engine: Engine, dw0: u32) -> Decoded {
+        self.decode_with_len(engine, dw0).0
+    }
+
+    /// Decodes dword 0 and returns the command's length in dwords alongside. The length comes
+    /// from the decode-table entry itself, so the walk to the next command does not wait for the
+    /// descriptor load.
+    #[inline(always)]
+    pub fn decode_with_len(&self, engine: Engine, dw0: u32) -> (Decoded, u32) {
+        let e = self.entry(engine, dw0);
+        let len = entry_len(e, dw0);
+        let Some(desc) = (((e >> 14) & 0xffff) as usize).checked_sub(1).and_then(|i| self.descs.get(i)) else {
+            return (Decoded::Unknown, len);
         };
-        if dw0 & desc.header_mask != desc.header_value {
+        let d = if dw0 & desc.header_mask != desc.header_value {
             Decoded::Unknown
         } else if desc.engines.has(engine) {
             Decoded::Command(desc)
         } else {
             Decoded::WrongEngine(desc)
-        }
+        };
+        (d, len)
+    }
+
+    /// The per-engine decode tables for the walk's fast path, indexed by command type (bits 31:29).
+    pub(crate) fn fast_luts(&self, engine: Engine) -> FastLuts {
+        let none: &'static [u32] = &[];
+        let mi: &'static [u32] = self.mi_per_engine.get(engine.index()).map_or(none, |t| t.as_slice());
+        let blt: &'static [u32] = if engine == Engine::Bcs { self.blt } else { none };
+        let three: &'static [u32] = match engine {
+            Engine::Rcs => self.render,
+            Engine::Vcs | Engine::Vcs2 => self.video,
+            Engine::Vecs => self.vebox,
+            Engine::Bcs => none,
+        };
+        FastLuts([
+            (mi, 23, 0x3f),
+            (none, 0, 0),
+            (blt, 22, 0x7f),
+            (three, 16, 0x1fff),
+            (none, 0, 0),
+            (none, 0, 0),
+            (none, 0, 0),
+            (none, 0, 0),
+        ])
     }
 
     /// Looks a descriptor up by name.
@@ -366,28 +426,18 @@ mod tests {
         let t = gen9();
         // PIPE_CONTROL is render only; type 3 does not exist on the blitter.
         assert_eq!(t.decode(Engine::Bcs, 0x7a00_0004), Decoded::Unknown);
-        assert!(matches!(
-            t.decode(Engine::Vcs, 0x7a00_0004),
-            Decoded::Unknown | Decoded::WrongEngine(_)
-        ));
+        assert!(matches!(t.decode(Engine::Vcs, 0x7a00_0004), Decoded::Unknown | Decoded::WrongEngine(_)));
         // 2D commands are blitter only.
         assert_eq!(t.decode(Engine::Rcs, 0x54c0_0008), Decoded::Unknown);
         // MI_URB_ATOMIC_ALLOC is render only.
-        assert!(matches!(
-            t.decode(Engine::Bcs, 0x0480_0000),
-            Decoded::WrongEngine(_)
-        ));
+        assert!(matches!(t.decode(Engine::Bcs, 0x0480_0000), Decoded::WrongEngine(_)));
     }
 
     #[test]
     fn video_families_present_on_gen9() {
         let t = gen9();
         for prefix in ["HCP_", "HUC_", "VDENC_", "SFC_", "VD_PIPELINE_FLUSH"] {
-            let d = t
-                .descriptors()
-                .iter()
-                .find(|d| d.name.starts_with(prefix))
-                .unwrap();
+            let d = t.descriptors().iter().find(|d| d.name.starts_with(prefix)).unwrap();
             assert!(
                 matches!(t.decode(Engine::Vcs, d.header_value), Decoded::Command(x) if x.name == d.name),
                 "{}",
@@ -398,27 +448,13 @@ mod tests {
 
     #[test]
     fn addr_field_reads_split_fields() {
-        let f = AddrField {
-            name: "a",
-            dword: 1,
-            lo: 2,
-            hi: 47,
-            stride: 0,
-            count: 1,
-        };
+        let f = AddrField { name: "a", dword: 1, lo: 2, hi: 47, stride: 0, count: 1 };
         let cmd = [0u32, 0xdead_beef, 0xffff_1234];
         assert_eq!(f.read(&cmd, 0), Some(0x1234_dead_beec));
         assert_eq!(f.read(&cmd[..2], 0), None);
         assert_eq!(f.elements(3), 1);
         assert_eq!(f.elements(2), 0);
-        let g = AddrField {
-            name: "g",
-            dword: 2,
-            lo: 0,
-            hi: 63,
-            stride: 4,
-            count: 0,
-        };
+        let g = AddrField { name: "g", dword: 2, lo: 0, hi: 63, stride: 4, count: 0 };
         assert_eq!(g.elements(2 + 4 * 3), 3);
         assert_eq!(g.elements(2 + 4 * 3 + 2), 4);
     }

@@ -111,12 +111,7 @@ impl ScannedWorkload {
     /// and returns the graphics address (in the batch's own address space) where that shadow batch
     /// will be visible to the engine.
     pub fn relocate(&mut self, mut place: impl FnMut(usize, &ShadowBuffer) -> u64) {
-        let addrs: Vec<u64> = self
-            .batches
-            .iter()
-            .enumerate()
-            .map(|(i, b)| place(i, b))
-            .collect();
+        let addrs: Vec<u64> = self.batches.iter().enumerate().map(|(i, b)| place(i, b)).collect();
         for r in self.relocs.clone() {
             let Some(&addr) = addrs.get(r.target) else {
                 continue;
@@ -134,11 +129,6 @@ impl ScannedWorkload {
 
     /// Total bytes of shadow commands.
     pub fn total_bytes(&self) -> u64 {
-        self.ring.len_bytes()
-            + self
-                .batches
-                .iter()
-                .map(ShadowBuffer::len_bytes)
-                .sum::<u64>()
+        self.ring.len_bytes() + self.batches.iter().map(ShadowBuffer::len_bytes).sum::<u64>()
     }
 }

@@ -22,13 +22,7 @@ pub enum Engine {
 
 impl Engine {
     /// Every engine, in the order used for indexing per-engine arrays.
-    pub const ALL: [Engine; 5] = [
-        Engine::Rcs,
-        Engine::Bcs,
-        Engine::Vcs,
-        Engine::Vcs2,
-        Engine::Vecs,
-    ];
+    pub const ALL: [Engine; 5] = [Engine::Rcs, Engine::Bcs, Engine::Vcs, Engine::Vcs2, Engine::Vecs];
 
     /// The engine's MMIO base in BAR0 (`RENDER_RING_BASE`, `BLT_RING_BASE`, ...).
     pub const fn mmio_base(self) -> u32 {

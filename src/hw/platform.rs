@@ -42,13 +42,8 @@ pub enum Platform {
 
 impl Platform {
     /// Every supported platform.
-    pub const ALL: [Platform; 5] = [
-        Platform::Broadwell,
-        Platform::Skylake,
-        Platform::KabyLake,
-        Platform::CoffeeLake,
-        Platform::CometLake,
-    ];
+    pub const ALL: [Platform; 5] =
+        [Platform::Broadwell, Platform::Skylake, Platform::KabyLake, Platform::CoffeeLake, Platform::CometLake];
 
     /// The platform's generation.
     pub const fn gen(self) -> Gen {
@@ -79,11 +74,7 @@ impl Platform {
             Platform::CometLake => 0x9bc5,
         };
         // The table holds every default id; the fallback keeps this total without a panic.
-        Device::from_id(id).copied().unwrap_or(Device {
-            id,
-            platform: self,
-            gt: GtLevel::Gt2,
-        })
+        Device::from_id(id).copied().unwrap_or(Device { id, platform: self, gt: GtLevel::Gt2 })
     }
 }
 
@@ -131,10 +122,7 @@ pub struct Device {
 impl Device {
     /// Looks a PCI device ID up in [`DEVICES`].
     pub fn from_id(id: u16) -> Result<&'static Device, PlatformError> {
-        DEVICES
-            .iter()
-            .find(|d| d.id == id)
-            .ok_or(PlatformError::UnknownDevice(id))
+        DEVICES.iter().find(|d| d.id == id).ok_or(PlatformError::UnknownDevice(id))
     }
 
     /// The engines this device has: VCS2 only on GT3/GT4 parts.
@@ -158,9 +146,7 @@ const fn dev(id: u16, platform: Platform, gt: GtLevel) -> Device {
 }
 
 use GtLevel::{Gt1, Gt2, Gt3, Gt4};
-use Platform::{
-    Broadwell as Bdw, CoffeeLake as Cfl, CometLake as Cml, KabyLake as Kbl, Skylake as Skl,
-};
+use Platform::{Broadwell as Bdw, CoffeeLake as Cfl, CometLake as Cml, KabyLake as Kbl, Skylake as Skl};
 
 /// PCI device IDs of the supported parts (from i915's `i915_pciids.h` tables).
 pub static DEVICES: &[Device] = &[
@@ -270,11 +256,7 @@ mod tests {
     #[test]
     fn ids_are_unique() {
         for (i, a) in DEVICES.iter().enumerate() {
-            assert!(
-                DEVICES[i + 1..].iter().all(|b| b.id != a.id),
-                "{:#x} twice",
-                a.id
-            );
+            assert!(DEVICES[i + 1..].iter().all(|b| b.id != a.id), "{:#x} twice", a.id);
         }
     }
 
@@ -287,10 +269,7 @@ mod tests {
         let bdw_gt3 = Device::from_id(0x1626).unwrap();
         assert_eq!(bdw_gt3.platform.gen(), Gen::Gen8);
         assert!(bdw_gt3.has_engine(Engine::Vcs2));
-        assert_eq!(
-            Device::from_id(0x1234),
-            Err(PlatformError::UnknownDevice(0x1234))
-        );
+        assert_eq!(Device::from_id(0x1234), Err(PlatformError::UnknownDevice(0x1234)));
     }
 
     #[test]

@@ -1,0 +1,153 @@
+//! Command mixes shaped like what real user-mode drivers emit, for benchmarks, the demo and tests:
+//! a Mesa iris-like 3D draw sequence, a blitter mix and a media (AVC decode) mix. Every command is
+//! taken from the Gen9 table by name, so the mixes stay valid as the table evolves.
+
+use super::emit::{CmdBuf, PostSync};
+use super::memory::AddrSpace;
+use super::table::{CommandTable, Length};
+use crate::hw::Gen;
+
+/// Appends the command `name` with `len` total dwords (its fixed length when `None`), filling the
+/// payload with a recognisable pattern. Unknown names are skipped.
+pub fn command(buf: &mut CmdBuf, name: &str, len: Option<u32>) {
+    let Some(d) = CommandTable::for_gen(Gen::Gen9).by_name(name) else { return };
+    let (dw0, total) = match (d.length, len) {
+        (Length::Fixed(n), _) => (d.header_value, u32::from(n)),
+        (Length::Field { mask, bias }, want) => {
+            let total = want.unwrap_or(bias).max(bias);
+            (d.header_value | ((total - bias) & mask), ((total - bias) & mask) + bias)
+        }
+    };
+    buf.dwords.push(dw0);
+    let start = buf.dwords.len() as u32;
+    buf.dwords.extend((start..start + total - 1).map(|i| i.wrapping_mul(0x9e37_79b9) & 0xffff_fff0));
+}
+
+/// One draw call's worth of state and a 3DPRIMITIVE, as Mesa's iris emits on Gen9.
+pub fn draw(buf: &mut CmdBuf) {
+    for (name, len) in [
+        ("3DSTATE_VERTEX_BUFFERS", Some(1 + 4 * 3)),
+        ("3DSTATE_VERTEX_ELEMENTS", Some(1 + 2 * 3)),
+        ("3DSTATE_VF", None),
+        ("3DSTATE_VF_TOPOLOGY", None),
+        ("3DSTATE_INDEX_BUFFER", None),
+        ("3DSTATE_CONSTANT_VS", None),
+        ("3DSTATE_CONSTANT_PS", None),
+        ("3DSTATE_BINDING_TABLE_POINTERS_VS", None),
+        ("3DSTATE_BINDING_TABLE_POINTERS_PS", None),
+        ("3DSTATE_SAMPLER_STATE_POINTERS_PS", None),
+        ("3DSTATE_VS", None),
+        ("3DSTATE_PS", None),
+        ("3DSTATE_PS_EXTRA", None),
+        ("3DSTATE_PS_BLEND", None),
+        ("3DSTATE_WM", None),
+        ("3DSTATE_BLEND_STATE_POINTERS", None),
+        ("3DSTATE_CC_STATE_POINTERS", None),
+        ("3DSTATE_VIEWPORT_STATE_POINTERS_CC", None),
+        ("3DSTATE_SCISSOR_STATE_POINTERS", None),
+        ("3DSTATE_SBE", None),
+        ("3DSTATE_SF", None),
+        ("3DSTATE_RASTER", None),
+        ("3DSTATE_CLIP", None),
+        ("3DSTATE_STREAMOUT", None),
+        ("3DPRIMITIVE", None),
+    ] {
+        command(buf, name, len);
+    }
+}
+
+/// A render batch: STATE_BASE_ADDRESS, `draws` draw calls with a PIPE_CONTROL every 16, a final
+/// PPGTT post-sync write and MI_BATCH_BUFFER_END.
+pub fn render_batch(draws: usize) -> CmdBuf {
+    let mut b = CmdBuf::new();
+    b.pipe_control(1 << 20, PostSync::None, AddrSpace::Ppgtt, 0, 0, false);
+    command(&mut b, "STATE_BASE_ADDRESS", None);
+    command(&mut b, "3DSTATE_DEPTH_BUFFER", None);
+    for i in 0..draws {
+        draw(&mut b);
+        if i % 16 == 15 {
+            b.pipe_control(1 << 12 | 1 << 20, PostSync::None, AddrSpace::Ppgtt, 0, 0, false);
+        }
+    }
+    b.pipe_control(1 << 20, PostSync::WriteImmediate, AddrSpace::Ppgtt, 0x7fff_0000, 1, false);
+    b.bb_end();
+    b
+}
+
+/// A blitter batch of `n` copy/fill groups on PPGTT surfaces starting at `base`.
+pub fn blit_batch(n: usize, base: u64) -> CmdBuf {
+    let mut b = CmdBuf::new();
+    for i in 0..n as u64 {
+        let dst = base + (i % 64) * 0x1_0000;
+        b.xy_src_copy(dst, 1024, dst + 0x40_0000, 1024, 256, 64);
+        b.xy_color(dst + 0x8000, 1024, 256, 16, 0xff00_00ff);
+        b.xy_fast_copy(dst + 0x80_0000, 1024, dst, 1024, 256, 64);
+        b.flush_dw(PostSync::WriteImmediate, AddrSpace::Ppgtt, base + 0x100_0000, i, false, false);
+    }
+    b.bb_end();
+    b
+}
+
+/// A video batch of `n` AVC slice decodes with their picture state, as a media driver emits on VCS.
+pub fn media_batch(n: usize) -> CmdBuf {
+    let mut b = CmdBuf::new();
+    for (name, len) in [
+        ("MFX_PIPE_MODE_SELECT", None),
+        ("MFX_SURFACE_STATE", None),
+        ("MFX_PIPE_BUF_ADDR_STATE", None),
+        ("MFX_IND_OBJ_BASE_ADDR_STATE", None),
+        ("MFX_BSP_BUF_BASE_ADDR_STATE", None),
+        ("MFX_AVC_IMG_STATE", None),
+        ("MFX_QM_STATE", None),
+    ] {
+        command(&mut b, name, len);
+    }
+    for _ in 0..n {
+        for name in ["MFX_AVC_REF_IDX_STATE", "MFX_AVC_WEIGHTOFFSET_STATE", "MFX_AVC_SLICE_STATE", "MFD_AVC_BSD_OBJECT"]
+        {
+            command(&mut b, name, None);
+        }
+    }
+    b.flush_dw(PostSync::WriteImmediate, AddrSpace::Ppgtt, 0x7fff_0000, 1, false, false);
+    b.bb_end();
+    b
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cmd::image::GmImage;
+    use crate::cmd::{scan_ring, GmRange, GmWindows, RingSpec, ScanLimits, ScanParams};
+    use crate::hw::Engine;
+
+    fn accepted(engine: Engine, batch: &CmdBuf) -> crate::cmd::ScannedWorkload {
+        let mut ring = CmdBuf::new();
+        ring.bb_start(AddrSpace::Ppgtt, 0x1_0000_0000, false).align_qword();
+        let img = GmImage::builder()
+            .place_dwords(AddrSpace::Ggtt, 0x10_0000, &ring.dwords)
+            .place_dwords(AddrSpace::Ppgtt, 0x1_0000_0000, &batch.dwords)
+            .build()
+            .unwrap();
+        let p = ScanParams {
+            gen: Gen::Gen9,
+            engine,
+            windows: GmWindows { aperture: GmRange::new(0x10_0000, 0x10_0000), hidden: GmRange::default() },
+            ring: RingSpec { start: 0x10_0000, size: 4096, head: 0, tail: ring.len_bytes() as u32 },
+            surfaces: AddrSpace::Ppgtt,
+            hwsp: None,
+            limits: ScanLimits::default(),
+        };
+        scan_ring(&img.mem, &img.xlate, &p, &mut ()).unwrap()
+    }
+
+    #[test]
+    fn mixes_are_accepted_and_complete() {
+        let r = accepted(Engine::Rcs, &render_batch(32));
+        assert_eq!(r.batches[0].dwords.len(), render_batch(32).dwords.len());
+        assert!(r.stats.commands > 32 * 25);
+        let b = accepted(Engine::Bcs, &blit_batch(8, 0x2_0000_0000));
+        assert_eq!(b.stats.commands, 1 + 8 * 4 + 1);
+        let m = accepted(Engine::Vcs, &media_batch(4));
+        assert_eq!(m.stats.commands, 1 + 7 + 4 * 4 + 2);
+    }
+}

@@ -194,6 +194,8 @@ proptest! {
         let img = GmImage::builder().place_dwords(AddrSpace::Ggtt, RING, &ring.dwords).build().unwrap();
         let mut seen = Listing::default();
         let r = scan_ring(&img.mem, &img.xlate, &params(ring.len_bytes() as u32), &mut seen);
+        // The fast path (no observer) and the general path (every command observed) agree.
+        prop_assert_eq!(&scan_ring(&img.mem, &img.xlate, &params(ring.len_bytes() as u32), &mut ()), &r);
         let valid = frags.iter().all(|f| f.valid);
         prop_assert_eq!(r.is_ok(), valid, "{:?}", r.as_ref().err());
         if let Ok(w) = r {
@@ -219,7 +221,9 @@ proptest! {
             .unwrap();
         let mut p = params(ring.len() as u32 * 4);
         p.limits = ScanLimits { max_bytes: budget, max_batches: 64 };
-        if let Ok(w) = scan_ring(&img.mem, &img.xlate, &p, &mut ()) {
+        let fast = scan_ring(&img.mem, &img.xlate, &p, &mut ());
+        prop_assert_eq!(&fast, &scan_ring(&img.mem, &img.xlate, &p, &mut Listing::default()));
+        if let Ok(w) = fast {
             prop_assert!(w.stats.bytes_copied <= budget);
             prop_assert!(w.batches.len() <= 64);
             for b in &w.batches {

@@ -8,7 +8,8 @@
 use super::emit::{CmdBuf, PostSync};
 use super::image::GmImage;
 use super::{
-    scan_ring, AddrSpace, BufferKind, GmRange, GmWindows, RingSpec, ScanError, ScanLimits, ScanParams, ScannedWorkload,
+    scan_ring, AddrSpace, BufferKind, CmdDesc, GmRange, GmWindows, RingSpec, ScanError, ScanLimits, ScanObserver,
+    ScanParams, ScannedWorkload, Verdict,
 };
 use crate::hw::{Engine, Gen};
 
@@ -57,7 +58,13 @@ fn scan_input(data: &[u8]) -> Result<Option<Outcome>, String> {
         hwsp: (flags & 2 != 0).then_some(APERTURE.base + 0x8000),
         limits: ScanLimits { max_bytes: BUDGET, max_batches: MAX_BATCHES },
     };
-    Ok(Some((windows, scan_ring(&img.mem, &img.xlate, &params, &mut ()))))
+    let fast = scan_ring(&img.mem, &img.xlate, &params, &mut ());
+    // The general path, which every observer that lists commands takes, must agree with the fast path.
+    let general = scan_ring(&img.mem, &img.xlate, &params, &mut EveryCommand);
+    if general != fast {
+        return Err(format!("fast path {:?} and general path {:?} disagree", fast.err(), general.err()));
+    }
+    Ok(Some((windows, fast)))
 }
 
 fn check(windows: &GmWindows, w: &ScannedWorkload) -> Result<(), String> {
@@ -81,6 +88,13 @@ fn check(windows: &GmWindows, w: &ScannedWorkload) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// An observer that asks for every command, forcing the scanner's general path.
+struct EveryCommand;
+
+impl ScanObserver for EveryCommand {
+    fn command(&mut self, _: BufferKind, _: u64, _: &'static CmdDesc, _: &[u32], _: Verdict) {}
 }
 
 /// Representative inputs for [`scan_bytes`]: the seeds of the fuzz corpus.

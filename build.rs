@@ -365,16 +365,12 @@ fn gen_tables(gen: u32, data: &Path, out: &mut String) {
         (Class::Video, "VIDEO"),
         (Class::Vebox, "VEBOX"),
     ] {
-        tables.push((cname.to_string(), fill_table(gen, &descs, class, None)));
-    }
-    // MI commands are engine-specific: one table per engine, so a hit is valid on that engine.
-    for (engine, ename) in [(RCS, "RCS"), (BCS, "BCS"), (VCS, "VCS"), (VCS2, "VCS2"), (VECS, "VECS")] {
-        tables.push((format!("MI_{ename}"), fill_table(gen, &descs, Class::Mi, Some(engine))));
+        tables.push((cname.to_string(), fill_table(gen, &descs, class)));
     }
     for (name, table) in tables {
         writeln!(
             out,
-            "/// Gen{gen} {name} decode table: (descriptor index + 1) << 14 | flags | length code, 0 for none."
+            "/// Gen{gen} {name} decode table: flags | (descriptor index + 1) << 14 | length code, 0 for none."
         )
         .unwrap();
         writeln!(out, "pub(crate) static {g}_{name}: [u32; {}] = {table:?};", table.len()).unwrap();
@@ -382,11 +378,15 @@ fn gen_tables(gen: u32, data: &Path, out: &mut String) {
 }
 
 /// Flag of a decode-table entry: the command needs nothing but a length walk when surfaces are
-/// PPGTT-addressed (generic handler, the key covers its whole header mask, valid on every engine
-/// that uses the table).
+/// PPGTT-addressed (generic handler or a blit, the key covers its whole header mask, valid on every
+/// engine that uses the table).
 const FAST: u32 = 1 << 31;
-/// Flag of a decode-table entry: the command has address fields (audited with GGTT surfaces).
-const HAS_ADDRS: u32 = 1 << 30;
+/// Flag of a decode-table entry: the command has surfaces to audit when they are GGTT-addressed.
+const GGTT_AUDIT: u32 = 1 << 30;
+/// Flag of a decode-table entry: length is `(dw0 & 0xff) + 2`.
+const RULE_8_2: u32 = 1 << 29;
+/// Flag of a decode-table entry: length is `(dw0 & 0xfff) + 2`.
+const RULE_12_2: u32 = 1 << 28;
 
 fn class_engines(class: Class) -> u8 {
     match class {
@@ -398,15 +398,15 @@ fn class_engines(class: Class) -> u8 {
     }
 }
 
-fn fill_table(gen: u32, descs: &[(Desc, Vec<Class>)], class: Class, engine: Option<u8>) -> Vec<u32> {
+fn fill_table(gen: u32, descs: &[(Desc, Vec<Class>)], class: Class) -> Vec<u32> {
     let (shift, bits) = key_space(class);
     let n = 1usize << bits;
     let key_mask = (((1u32 << bits) - 1) << shift) | 0xe000_0000;
     let mut table = vec![0u32; n];
     let mut owner_bits = vec![0u32; n];
-    let users = engine.unwrap_or(class_engines(class));
+    let users = class_engines(class);
     for (i, (d, classes)) in descs.iter().enumerate() {
-        if !classes.contains(&class) || engine.is_some_and(|e| d.engines & e == 0) {
+        if !classes.contains(&class) {
             continue;
         }
         assert_eq!(d.value >> 29, type_bits(class) >> 29, "{} in wrong class", d.name);
@@ -417,7 +417,7 @@ fn fill_table(gen: u32, descs: &[(Desc, Vec<Class>)], class: Class, engine: Opti
             }
             let specificity = (d.mask & key_mask).count_ones();
             if *slot != 0 {
-                let prev = &descs[((*slot >> 14) & 0xffff) as usize - 1].0;
+                let prev = &descs[((*slot >> 14) & 0x7ff) as usize - 1].0;
                 if owner_bits[k] == specificity && prev.engines & d.engines != 0 {
                     // Same encoding twice: genxml and GVT disagree on a name only; the first one stays.
                     assert!(
@@ -433,9 +433,20 @@ fn fill_table(gen: u32, descs: &[(Desc, Vec<Class>)], class: Class, engine: Opti
                 }
             }
             let covered = d.mask & !key_mask == 0;
-            let fast = d.handler == "Handler::Generic" && covered && d.engines & users == users;
-            let flags = if fast { FAST } else { 0 } | if d.addrs.is_empty() { 0 } else { HAS_ADDRS };
-            *slot = u32::try_from(i + 1).unwrap() << 14 | flags | d.len_code;
+            // Generic commands and blits need nothing but their length with PPGTT surfaces.
+            let walk_only = d.handler == "Handler::Generic" || d.handler.starts_with("Handler::Blit(");
+            let fast = walk_only && covered && d.engines & users == users;
+            let ggtt_audit = !d.addrs.is_empty() || d.handler.starts_with("Handler::Blit(");
+            let flags = if fast { FAST } else { 0 } | if ggtt_audit { GGTT_AUDIT } else { 0 };
+            // The length rule most commands of an engine class share, so the walk can trust a
+            // length guessed from dword 0 alone.
+            let rule = match d.len_code {
+                c if c == 8 | 2 << 5 => RULE_8_2,
+                c if c == 12 | 2 << 5 => RULE_12_2,
+                _ => 0,
+            };
+            assert!(i + 1 < 2048, "too many descriptors for the packed index");
+            *slot = u32::try_from(i + 1).unwrap() << 14 | flags | rule | d.len_code;
             owner_bits[k] = specificity;
         }
     }

@@ -10,8 +10,8 @@ use clap::Args;
 use serde_json::{json, Value};
 use shadowgpu::cmd::image::GmImage;
 use shadowgpu::cmd::{
-    scan_ring, AddrSpace, BufferKind, CmdDesc, GmRange, GmWindows, RingSpec, ScanLimits, ScanObserver, ScanParams,
-    Verdict, PAGE_SIZE,
+    scan_ring, AddrSpace, BufferKind, CmdDesc, Events, GmRange, GmWindows, RingSpec, ScanLimits, ScanObserver,
+    ScanParams, Verdict, PAGE_SIZE,
 };
 use shadowgpu::hw::{Engine, Platform};
 
@@ -198,15 +198,24 @@ fn write_text(out: &mut impl Write, l: &Listing, r: &ScanResult) -> std::io::Res
     match r {
         Ok(w) => writeln!(
             out,
-            "accepted: {} commands, {} MI_NOOP dwords, {} batch buffers, {} bytes scanned, {} patched, events {:?}",
+            "accepted: {} commands, {} MI_NOOP dwords, {} batch buffers, {} bytes scanned, {} patched, events: {}",
             w.stats.commands,
             w.stats.noops,
             w.batches.len(),
             w.stats.bytes_copied,
             w.stats.patched,
-            w.events
+            event_names(w.events)
         ),
         Err(e) => writeln!(out, "rejected: {e}"),
+    }
+}
+
+fn event_names(e: Events) -> String {
+    let names: Vec<&str> = e.iter_names().map(|(n, _)| n).collect();
+    if names.is_empty() {
+        "none".into()
+    } else {
+        names.join(",")
     }
 }
 
@@ -236,6 +245,7 @@ fn write_json(out: &mut impl Write, l: &Listing, r: &ScanResult) -> std::io::Res
                 "bytes_scanned": w.stats.bytes_copied,
                 "patched": w.stats.patched,
             },
+            "events": event_names(w.events),
         }),
         Err(e) => json!({
             "verdict": "rejected",

@@ -12,7 +12,7 @@ use vm_memory::GuestMemory;
 
 use super::error::{BufferKind, Location, Reason, ScanError};
 use super::memory::{copy_from_gm, AddrSpace, CopyFault, GmTranslate, GmWindows, PAGE_SIZE};
-use super::table::{entry_len, CmdDesc, CommandTable, Decoded, ENTRY_FAST, ENTRY_HAS_ADDRS};
+use super::table::{CmdDesc, CommandTable, Decoded, ENTRY_FAST, ENTRY_GGTT_AUDIT};
 use super::workload::{BufferId, Events, ScanStats, ScannedWorkload, ShadowBuffer};
 use crate::hw::{Engine, Gen};
 
@@ -326,46 +326,37 @@ where
         let mut i = 0usize;
         let at = |i: usize, command| Location { buffer: kind, offset: i as u64 * 4, command };
         let fast = !self.obs.wants_every_command();
-        let luts = self.table.fast_luts(engine);
-        let guess_mask = match engine {
-            Engine::Rcs | Engine::Bcs => 0xff,
-            Engine::Vcs | Engine::Vcs2 | Engine::Vecs => 0xfff,
-        };
-        let fast_mask = match self.p.surfaces {
-            AddrSpace::Ppgtt => ENTRY_FAST,
-            AddrSpace::Ggtt => ENTRY_FAST | ENTRY_HAS_ADDRS,
+        let ft = self.table.fast_table(engine);
+        let want = ENTRY_FAST | ft.rule;
+        let want_mask = match self.p.surfaces {
+            AddrSpace::Ppgtt => want,
+            AddrSpace::Ggtt => want | ENTRY_GGTT_AUDIT,
         };
         loop {
             if fast {
-                // Commands that need only their length (most 3D/media state, MI_NOOP) take a
-                // tight loop of one table load per command.
+                // Commands of the engine's main type that need only their length (most 3D, media
+                // and video state; blits with PPGTT surfaces) take a tight loop.
                 //
                 // A command's position depends on the previous command's length, so the walk is a
-                // chain of dependent loads. The length is first guessed from dword 0 alone (the
-                // usual DWord Length field and bias of the engine's commands), so the next load
-                // does not wait for the table; the table's answer is checked beside it, and a
-                // wrong guess falls back to the general path for that command.
-                let (mut n, mut noops) = (0u64, 0u64);
+                // chain of dependent loads. The length is computed from dword 0 alone with the
+                // length rule most of these commands share, so the next load does not wait for the
+                // table; the table entry, loaded beside it, confirms the command needs no audit and
+                // follows that rule. Anything else leaves the loop for the general path.
+                let mut n = 0u64;
                 while let Some(&dw0) = dwords.get(i) {
-                    let len = if dw0 >> 29 == 0 {
-                        if dw0 >> 23 < 0x10 {
-                            1
-                        } else {
-                            (dw0 & 0xff) + 2
-                        }
-                    } else {
-                        (dw0 & guess_mask) + 2
-                    } as usize;
-                    let e = luts.entry(dw0);
-                    if e & fast_mask != ENTRY_FAST || entry_len(e, dw0) as usize != len || i + len > dwords.len() {
+                    let len = ((dw0 & ft.len_mask) + 2) as usize;
+                    let e = ft.table.get(((dw0 >> ft.shift) & ft.key_mask) as usize).copied().unwrap_or(0);
+                    if dw0 >> 29 != ft.ty || e & want_mask != want || i + len > dwords.len() {
                         break;
                     }
-                    noops += u64::from(dw0 == 0);
                     n += 1;
                     i += len;
                 }
-                self.out.stats.commands += n - noops;
-                self.out.stats.noops += noops;
+                self.out.stats.commands += n;
+                // MI_NOOP runs, as padding between commands.
+                let run = dwords.get(i..).map_or(0, |rest| rest.iter().take_while(|&&d| d == 0).count());
+                self.out.stats.noops += run as u64;
+                i += run;
             }
             if i >= dwords.len() {
                 if kind == BufferKind::Ring {

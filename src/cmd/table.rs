@@ -221,7 +221,6 @@ pub struct CommandTable {
     gen: Gen,
     descs: &'static [CmdDesc],
     mi: &'static [u32; 64],
-    mi_per_engine: [&'static [u32; 64]; 5],
     blt: &'static [u32; 128],
     render: &'static [u32; 8192],
     video: &'static [u32; 8192],
@@ -232,7 +231,6 @@ static TABLE_GEN8: CommandTable = CommandTable {
     gen: Gen::Gen8,
     descs: &GEN8_DESCS,
     mi: &GEN8_MI,
-    mi_per_engine: [&GEN8_MI_RCS, &GEN8_MI_BCS, &GEN8_MI_VCS, &GEN8_MI_VCS2, &GEN8_MI_VECS],
     blt: &GEN8_BLT,
     render: &GEN8_RENDER,
     video: &GEN8_VIDEO,
@@ -243,17 +241,20 @@ static TABLE_GEN9: CommandTable = CommandTable {
     gen: Gen::Gen9,
     descs: &GEN9_DESCS,
     mi: &GEN9_MI,
-    mi_per_engine: [&GEN9_MI_RCS, &GEN9_MI_BCS, &GEN9_MI_VCS, &GEN9_MI_VCS2, &GEN9_MI_VECS],
     blt: &GEN9_BLT,
     render: &GEN9_RENDER,
     video: &GEN9_VIDEO,
     vebox: &GEN9_VEBOX,
 };
 
-/// Entry flag: a generic command that needs only a length walk when surfaces are PPGTT-addressed.
+/// Entry flag: a command that needs only a length walk when surfaces are PPGTT-addressed.
 pub(crate) const ENTRY_FAST: u32 = 1 << 31;
-/// Entry flag: the command has address fields.
-pub(crate) const ENTRY_HAS_ADDRS: u32 = 1 << 30;
+/// Entry flag: the command has surfaces to audit when they are GGTT-addressed.
+pub(crate) const ENTRY_GGTT_AUDIT: u32 = 1 << 30;
+/// Entry flag: the length is `(dw0 & 0xff) + 2`.
+pub(crate) const ENTRY_RULE_8_2: u32 = 1 << 29;
+/// Entry flag: the length is `(dw0 & 0xfff) + 2`.
+pub(crate) const ENTRY_RULE_12_2: u32 = 1 << 28;
 
 /// Length in dwords from a packed decode-table entry and dword 0.
 #[inline(always)]
@@ -267,19 +268,22 @@ pub(crate) fn entry_len(e: u32, dw0: u32) -> u32 {
     }
 }
 
-/// Per-type decode tables of one engine: (table, shift, mask) by command type.
-#[derive(Clone, Copy)]
-pub(crate) struct FastLuts([(&'static [u32], u32, u32); 8]);
-
-impl FastLuts {
-    /// The entry for `dw0`, 0 when none.
-    #[inline(always)]
-    pub(crate) fn entry(&self, dw0: u32) -> u32 {
-        match self.0.get((dw0 >> 29) as usize) {
-            Some(&(t, shift, mask)) => t.get(((dw0 >> shift) & mask) as usize).copied().unwrap_or(0),
-            None => 0,
-        }
-    }
+/// The decode table of the command type an engine runs most (3D/media/video state on RCS, VCS and
+/// VECS; 2D on BCS), with what the walk's fast path needs to use it without further branches.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct FastTable {
+    /// The table.
+    pub table: &'static [u32],
+    /// Command type (bits 31:29) of the commands in it.
+    pub ty: u32,
+    /// Shift and mask of the key.
+    pub shift: u32,
+    /// Mask of the key after the shift.
+    pub key_mask: u32,
+    /// Mask of the DWord Length field shared by most of these commands (bias 2).
+    pub len_mask: u32,
+    /// The entry flag saying a command follows that length rule.
+    pub rule: u32,
 }
 
 /// Result of decoding a header for an engine.
@@ -312,7 +316,7 @@ impl CommandTable {
         self.descs
     }
 
-    /// The packed decode-table entry for `dw0` on `engine`: `(index + 1) << 14 | length code`.
+    /// The packed decode-table entry for `dw0` on `engine`: flags, `(index + 1) << 14`, length code.
     #[inline(always)]
     fn entry(&self, engine: Engine, dw0: u32) -> u32 {
         let slot = match dw0 >> 29 {
@@ -345,7 +349,7 @@ impl CommandTable {
     pub fn decode_with_len(&self, engine: Engine, dw0: u32) -> (Decoded, u32) {
         let e = self.entry(engine, dw0);
         let len = entry_len(e, dw0);
-        let Some(desc) = (((e >> 14) & 0xffff) as usize).checked_sub(1).and_then(|i| self.descs.get(i)) else {
+        let Some(desc) = (((e >> 14) & 0x7ff) as usize).checked_sub(1).and_then(|i| self.descs.get(i)) else {
             return (Decoded::Unknown, len);
         };
         let d = if dw0 & desc.header_mask != desc.header_value {
@@ -358,27 +362,24 @@ impl CommandTable {
         (d, len)
     }
 
-    /// The per-engine decode tables for the walk's fast path, indexed by command type (bits 31:29).
-    pub(crate) fn fast_luts(&self, engine: Engine) -> FastLuts {
-        let none: &'static [u32] = &[];
-        let mi: &'static [u32] = self.mi_per_engine.get(engine.index()).map_or(none, |t| t.as_slice());
-        let blt: &'static [u32] = if engine == Engine::Bcs { self.blt } else { none };
-        let three: &'static [u32] = match engine {
-            Engine::Rcs => self.render,
-            Engine::Vcs | Engine::Vcs2 => self.video,
-            Engine::Vecs => self.vebox,
-            Engine::Bcs => none,
+    /// The fast-path table of `engine`.
+    pub(crate) fn fast_table(&self, engine: Engine) -> FastTable {
+        let three = |table: &'static [u32; 8192], len_mask, rule| FastTable {
+            table,
+            ty: 3,
+            shift: 16,
+            key_mask: 0x1fff,
+            len_mask,
+            rule,
         };
-        FastLuts([
-            (mi, 23, 0x3f),
-            (none, 0, 0),
-            (blt, 22, 0x7f),
-            (three, 16, 0x1fff),
-            (none, 0, 0),
-            (none, 0, 0),
-            (none, 0, 0),
-            (none, 0, 0),
-        ])
+        match engine {
+            Engine::Rcs => three(self.render, 0xff, ENTRY_RULE_8_2),
+            Engine::Vcs | Engine::Vcs2 => three(self.video, 0xfff, ENTRY_RULE_12_2),
+            Engine::Vecs => three(self.vebox, 0xfff, ENTRY_RULE_12_2),
+            Engine::Bcs => {
+                FastTable { table: self.blt, ty: 2, shift: 22, key_mask: 0x7f, len_mask: 0xff, rule: ENTRY_RULE_8_2 }
+            }
+        }
     }
 
     /// Looks a descriptor up by name.

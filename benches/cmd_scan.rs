@@ -3,7 +3,7 @@
 //!
 //! `cargo bench --bench cmd_scan`; figures go to docs/performance.md.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, missing_docs)]
 
 use std::hint::black_box;
 

@@ -7,6 +7,7 @@
 
 pub mod emit;
 mod error;
+mod fastwalk;
 pub mod fuzzing;
 mod handlers;
 pub mod image;

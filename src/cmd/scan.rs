@@ -11,6 +11,7 @@ use std::collections::HashMap;
 use vm_memory::GuestMemory;
 
 use super::error::{BufferKind, Location, Reason, ScanError};
+use super::fastwalk;
 use super::memory::{copy_from_gm, AddrSpace, CopyFault, GmTranslate, GmWindows, PAGE_SIZE};
 use super::table::{CmdDesc, CommandTable, Decoded, ENTRY_FAST, ENTRY_GGTT_AUDIT};
 use super::workload::{BufferId, Events, ScanStats, ScannedWorkload, ShadowBuffer};
@@ -154,6 +155,7 @@ where
         },
         seen: HashMap::new(),
         queue: Vec::new(),
+        history: fastwalk::History::new(),
     };
     s.copy_ring()?;
     s.walk(0)?;
@@ -205,6 +207,7 @@ pub(super) struct Scanner<'a, M: ?Sized, T: ?Sized, O: ?Sized> {
     pub out: ScannedWorkload,
     seen: HashMap<(AddrSpace, u64, u8), usize>,
     queue: Vec<BufferId>,
+    history: Box<fastwalk::History>,
 }
 
 impl<M, T, O> Scanner<'_, M, T, O>
@@ -332,31 +335,18 @@ where
             AddrSpace::Ppgtt => want,
             AddrSpace::Ggtt => want | ENTRY_GGTT_AUDIT,
         };
+        let rule = fastwalk::Rule { ft, want_mask, want };
         loop {
             if fast {
-                // Commands of the engine's main type that need only their length (most 3D, media
-                // and video state; blits with PPGTT surfaces) take a tight loop.
-                //
-                // A command's position depends on the previous command's length, so the walk is a
-                // chain of dependent loads. The length is computed from dword 0 alone with the
-                // length rule most of these commands share, so the next load does not wait for the
-                // table; the table entry, loaded beside it, confirms the command needs no audit and
-                // follows that rule. Anything else leaves the loop for the general path.
-                let mut n = 0u64;
-                while let Some(&dw0) = dwords.get(i) {
-                    let len = ((dw0 & ft.len_mask) + 2) as usize;
-                    let e = ft.table.get(((dw0 >> ft.shift) & ft.key_mask) as usize).copied().unwrap_or(0);
-                    if dw0 >> 29 != ft.ty || e & want_mask != want || i + len > dwords.len() {
-                        break;
-                    }
-                    n += 1;
-                    i += len;
-                }
-                self.out.stats.commands += n;
-                // MI_NOOP runs, as padding between commands.
-                let run = dwords.get(i..).map_or(0, |rest| rest.iter().take_while(|&&d| d == 0).count());
-                self.out.stats.noops += run as u64;
-                i += run;
+                // MI_NOOP and the commands of the engine's main type that need only their length
+                // (most 3D, media and video state; blits with PPGTT surfaces) take the fast walk.
+                // Its length comes from dword 0 alone with the length rule most of these commands
+                // share, and the table entry confirms the command needs no audit and follows that
+                // rule. Anything else leaves it for the general path below.
+                let w = fastwalk::walk(&rule, dwords, i, &mut self.history);
+                self.out.stats.commands += w.commands;
+                self.out.stats.noops += w.noops;
+                i = w.end;
             }
             if i >= dwords.len() {
                 if kind == BufferKind::Ring {

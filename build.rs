@@ -145,7 +145,7 @@ fn handler_for(name: &str) -> &'static str {
 }
 
 /// `Name@dwD[hi:lo]/address`, `Name[i]@dwD[hi:lo]+S*i/address (i<N)` or `(i>=0,repeats to end)`.
-fn parse_addr_fields(s: &str) -> Vec<String> {
+fn parse_addr_fields(cmd: &str, s: &str) -> Vec<String> {
     let mut out = Vec::new();
     for f in s.split("; ").filter(|f| !f.is_empty()) {
         if !f.contains("/address") {
@@ -179,7 +179,8 @@ fn parse_addr_fields(s: &str) -> Vec<String> {
         }
         let name = f[..at].replace('"', "");
         out.push(format!(
-            "AddrField {{ name: {name:?}, dword: {dword}, lo: {lo}, hi: {hi}, stride: {stride}, count: {count} }}"
+            "AddrField {{ name: {name:?}, dword: {dword}, lo: {lo}, hi: {hi}, stride: {stride}, count: {count}, space: {} }}",
+            selector_for(cmd, &name)
         ));
     }
     out
@@ -193,6 +194,32 @@ fn field_len(bits: u32, bias: u32) -> (String, u32) {
 fn fixed_len(n: u32) -> (String, u32) {
     assert!((1..256).contains(&n), "fixed length {n}");
     (format!("Length::Fixed({n})"), n << 5 | 1 << 13)
+}
+
+/// Which address space an address field is in: the command's selector bit, or the context's
+/// default space (PPGTT for every Gen8+ execlist context) where the command has none.
+fn selector_for(cmd: &str, field: &str) -> &'static str {
+    const MI_GGTT_BIT22: &str = "AddrSel::Bit { dword: 0, bit: 22, set: AddrSpace::Ggtt }";
+    match (cmd, field) {
+        ("MI_BATCH_BUFFER_START", _) => "AddrSel::Bit { dword: 0, bit: 8, set: AddrSpace::Ppgtt }",
+        ("MI_COPY_MEM_MEM", "Destination Memory Address") => "AddrSel::Bit { dword: 0, bit: 21, set: AddrSpace::Ggtt }",
+        (
+            "MI_STORE_DATA_IMM"
+            | "MI_STORE_REGISTER_MEM"
+            | "MI_LOAD_REGISTER_MEM"
+            | "MI_ATOMIC"
+            | "MI_SEMAPHORE_WAIT"
+            | "MI_CONDITIONAL_BATCH_BUFFER_END"
+            | "MI_COPY_MEM_MEM"
+            | "MI_CLFLUSH",
+            _,
+        ) => MI_GGTT_BIT22,
+        ("MI_FLUSH_DW", _) => "AddrSel::Bit { dword: 1, bit: 2, set: AddrSpace::Ggtt }",
+        ("PIPE_CONTROL", _) => "AddrSel::Bit { dword: 1, bit: 24, set: AddrSpace::Ggtt }",
+        ("MI_REPORT_PERF_COUNT", _) => "AddrSel::Bit { dword: 1, bit: 0, set: AddrSpace::Ggtt }",
+        ("MI_SET_CONTEXT" | "MI_DISPLAY_FLIP", _) => "AddrSel::Ggtt",
+        _ => "AddrSel::Context",
+    }
 }
 
 fn class_of(command_type: u32, engines: u8) -> Vec<Class> {
@@ -263,7 +290,7 @@ fn gen_tables(gen: u32, data: &Path, out: &mut String) {
             len_code,
             engines,
             handler: handler_for(&r["name"]),
-            addrs: parse_addr_fields(&r["address_fields"]),
+            addrs: parse_addr_fields(&r["name"], &r["address_fields"]),
             source: "genxml",
         };
         descs.push((d, class_of(ty, engines)));
@@ -314,7 +341,9 @@ fn gen_tables(gen: u32, data: &Path, out: &mut String) {
             let (range, role) = part.split_once(' ').unwrap();
             let lo_dw: u32 = range.split('-').next().unwrap().parse().unwrap();
             let role = role.trim_matches(|c| c == '(' || c == ')');
-            addrs.push(format!("AddrField {{ name: {role:?}, dword: {lo_dw}, lo: 0, hi: 47, stride: 0, count: 1 }}"));
+            addrs.push(format!(
+                "AddrField {{ name: {role:?}, dword: {lo_dw}, lo: 0, hi: 47, stride: 0, count: 1, space: AddrSel::Context }}"
+            ));
         }
         let (hi, _) = r["length_field_bits"].split_once(':').unwrap();
         let hi: u32 = hi.parse().unwrap();

@@ -56,7 +56,9 @@ fn accepted_stream_lists_every_command() {
     assert!(out.contains("batch L1 ggtt@0x108000"), "{out}");
     assert!(out.contains("batch L1 ppgtt@0xffff00000000"), "{out}");
     assert!(out.contains("MI_USER_INTERRUPT") && out.contains("patched"), "{out}");
-    assert!(out.contains("Address=0x180000"), "{out}");
+    assert!(out.contains("Address=ggtt:0x180000"), "{out}");
+    assert!(out.contains("Address=ppgtt:0x7000"), "{out}");
+    assert!(out.contains("Batch_Buffer_Start_Address=ppgtt:0xffffffff00000000"), "{out}");
     assert!(out.lines().last().unwrap().starts_with("accepted: 8 commands"), "{out}");
 }
 

@@ -92,14 +92,14 @@ struct Line {
     offset: u64,
     name: &'static str,
     len: usize,
-    addrs: Vec<(&'static str, u64)>,
+    addrs: Vec<(&'static str, AddrSpace, u64)>,
     verdict: Verdict,
 }
 
-#[derive(Default)]
 struct Listing {
     lines: Vec<Line>,
     keep: bool,
+    surfaces: AddrSpace,
 }
 
 impl ScanObserver for Listing {
@@ -111,7 +111,7 @@ impl ScanObserver for Listing {
         for f in desc.addrs {
             for i in 0..f.elements(cmd.len()) {
                 if let Some(a) = f.read(cmd, i) {
-                    addrs.push((f.name, a));
+                    addrs.push((f.name, f.space.resolve(cmd, self.surfaces), a));
                 }
             }
         }
@@ -165,7 +165,7 @@ pub fn run(a: &ScanArgs) -> ExitCode {
         hwsp: a.hwsp,
         limits: ScanLimits::default(),
     };
-    let mut listing = Listing { lines: Vec::new(), keep: !a.summary };
+    let mut listing = Listing { lines: Vec::new(), keep: !a.summary, surfaces: a.surfaces };
     let result = scan_ring(&img.mem, &img.xlate, &params, &mut listing);
     let out = std::io::stdout();
     let mut out = out.lock();
@@ -186,8 +186,8 @@ type ScanResult = Result<shadowgpu::cmd::ScannedWorkload, shadowgpu::cmd::ScanEr
 fn write_text(out: &mut impl Write, l: &Listing, r: &ScanResult) -> std::io::Result<()> {
     for line in &l.lines {
         write!(out, "{:<24} +{:#07x} {:<36} len={:<3}", line.buffer.to_string(), line.offset, line.name, line.len)?;
-        for (name, a) in &line.addrs {
-            write!(out, " {}={a:#x}", name.replace(' ', "_"))?;
+        for (name, space, a) in &line.addrs {
+            write!(out, " {}={space}:{a:#x}", name.replace(' ', "_"))?;
         }
         let v = match line.verdict {
             Verdict::Accepted => "ok",
@@ -229,7 +229,7 @@ fn write_json(out: &mut impl Write, l: &Listing, r: &ScanResult) -> std::io::Res
                 "offset": c.offset,
                 "name": c.name,
                 "length": c.len,
-                "addresses": c.addrs.iter().map(|(n, a)| json!({"field": n, "address": format!("{a:#x}")})).collect::<Vec<_>>(),
+                "addresses": c.addrs.iter().map(|(n, s, a)| json!({"field": n, "space": s.to_string(), "address": format!("{a:#x}")})).collect::<Vec<_>>(),
                 "verdict": match c.verdict { Verdict::Accepted => "ok", Verdict::Patched => "patched" },
             })
         })

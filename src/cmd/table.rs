@@ -5,6 +5,7 @@
 //! video, VEBox) has a direct-index table keyed by the opcode bits of dword 0, so decoding a command
 //! is a shift, a mask and two loads: no hashing, no search.
 
+use super::memory::AddrSpace;
 use crate::hw::{Engine, EngineMask, Gen};
 
 /// How a command's total length in dwords is found.
@@ -59,6 +60,44 @@ pub struct AddrField {
     pub stride: u16,
     /// For repeated groups, the number of elements, 0 meaning "until the end of the command".
     pub count: u16,
+    /// Which address space the field is in.
+    pub space: AddrSel,
+}
+
+/// How a command selects the address space of an address field.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AddrSel {
+    /// Always the global GTT.
+    Ggtt,
+    /// A bit of the command: when set the address is in `set`, when clear in the other space.
+    Bit {
+        /// Dword holding the bit.
+        dword: u8,
+        /// The bit.
+        bit: u8,
+        /// The space the bit selects when set.
+        set: AddrSpace,
+    },
+    /// No selector: the context's default space (surfaces, state, URB stores).
+    Context,
+}
+
+impl AddrSel {
+    /// The space of the field in `cmd`, where `default` is the context's default space.
+    pub fn resolve(self, cmd: &[u32], default: AddrSpace) -> AddrSpace {
+        match self {
+            AddrSel::Ggtt => AddrSpace::Ggtt,
+            AddrSel::Context => default,
+            AddrSel::Bit { dword, bit, set } => {
+                let on = cmd.get(usize::from(dword)).is_some_and(|d| d >> bit & 1 != 0);
+                match (on, set) {
+                    (true, s) => s,
+                    (false, AddrSpace::Ggtt) => default,
+                    (false, AddrSpace::Ppgtt) => AddrSpace::Ggtt,
+                }
+            }
+        }
+    }
 }
 
 impl AddrField {
@@ -435,6 +474,24 @@ mod tests {
     }
 
     #[test]
+    fn address_selectors() {
+        let t = gen9();
+        let sdi = t.by_name("MI_STORE_DATA_IMM").unwrap().addrs[0];
+        assert_eq!(sdi.space.resolve(&[0x1040_0002, 0, 0, 0], AddrSpace::Ppgtt), AddrSpace::Ggtt);
+        assert_eq!(sdi.space.resolve(&[0x1000_0002, 0, 0, 0], AddrSpace::Ppgtt), AddrSpace::Ppgtt);
+        let bbs = t.by_name("MI_BATCH_BUFFER_START").unwrap().addrs[0];
+        assert_eq!(bbs.space.resolve(&[0x1880_0101, 0, 0], AddrSpace::Ppgtt), AddrSpace::Ppgtt);
+        assert_eq!(bbs.space.resolve(&[0x1880_0001, 0, 0], AddrSpace::Ppgtt), AddrSpace::Ggtt);
+        let pc = t.by_name("PIPE_CONTROL").unwrap().addrs[0];
+        assert_eq!(pc.space.resolve(&[0x7a00_0004, 1 << 24, 0, 0, 0, 0], AddrSpace::Ppgtt), AddrSpace::Ggtt);
+        let cmm = t.by_name("MI_COPY_MEM_MEM").unwrap();
+        let spaces: Vec<_> = cmm.addrs.iter().map(|f| f.space.resolve(&[0x1760_0003], AddrSpace::Ppgtt)).collect();
+        assert_eq!(spaces, vec![AddrSpace::Ggtt, AddrSpace::Ggtt]);
+        let sba = t.by_name("STATE_BASE_ADDRESS").unwrap().addrs[0];
+        assert_eq!(sba.space, AddrSel::Context);
+    }
+
+    #[test]
     fn video_families_present_on_gen9() {
         let t = gen9();
         for prefix in ["HCP_", "HUC_", "VDENC_", "SFC_", "VD_PIPELINE_FLUSH"] {
@@ -449,13 +506,13 @@ mod tests {
 
     #[test]
     fn addr_field_reads_split_fields() {
-        let f = AddrField { name: "a", dword: 1, lo: 2, hi: 47, stride: 0, count: 1 };
+        let f = AddrField { name: "a", dword: 1, lo: 2, hi: 47, stride: 0, count: 1, space: AddrSel::Context };
         let cmd = [0u32, 0xdead_beef, 0xffff_1234];
         assert_eq!(f.read(&cmd, 0), Some(0x1234_dead_beec));
         assert_eq!(f.read(&cmd[..2], 0), None);
         assert_eq!(f.elements(3), 1);
         assert_eq!(f.elements(2), 0);
-        let g = AddrField { name: "g", dword: 2, lo: 0, hi: 63, stride: 4, count: 0 };
+        let g = AddrField { name: "g", dword: 2, lo: 0, hi: 63, stride: 4, count: 0, space: AddrSel::Context };
         assert_eq!(g.elements(2 + 4 * 3), 3);
         assert_eq!(g.elements(2 + 4 * 3 + 2), 4);
     }

@@ -103,6 +103,8 @@ struct Desc {
     /// Packed length rule for the decode tables: bits 0..5 field width, 5..13 bias or fixed
     /// length, bit 13 fixed.
     len_code: u32,
+    /// Length in dwords of the command's usual form (genxml's template length).
+    nominal: u32,
     engines: u8,
     handler: &'static str,
     addrs: Vec<String>,
@@ -282,12 +284,14 @@ fn gen_tables(gen: u32, data: &Path, out: &mut String) {
         } else {
             fixed_len(r["xml_length_dw"].parse().unwrap())
         };
+        let nominal = r["xml_length_dw"].parse().unwrap_or(bias);
         let d = Desc {
             name: r["name"].clone(),
             mask: hex(&r["header_mask"]),
             value: hex(&r["header_value"]),
             length,
             len_code,
+            nominal,
             engines,
             handler: handler_for(&r["name"]),
             addrs: parse_addr_fields(&r["name"], &r["address_fields"]),
@@ -321,12 +325,14 @@ fn gen_tables(gen: u32, data: &Path, out: &mut String) {
         }
         let len: u32 = r["len_or_lenbits"].parse().unwrap();
         let (length, len_code) = if r["flags"].contains("F_LEN_CONST") { fixed_len(len) } else { field_len(len, 2) };
+        let nominal = if r["flags"].contains("F_LEN_CONST") { len } else { r["valid_len_dw"].parse().unwrap_or(2) };
         let d = Desc {
             name: r["name"].clone(),
             mask,
             value,
             length,
             len_code,
+            nominal,
             engines,
             handler: handler_for(&r["name"]),
             addrs: Vec::new(),
@@ -348,12 +354,14 @@ fn gen_tables(gen: u32, data: &Path, out: &mut String) {
         let (hi, _) = r["length_field_bits"].split_once(':').unwrap();
         let hi: u32 = hi.parse().unwrap();
         let (length, len_code) = field_len(hi + 1, r["bias"].parse().unwrap());
+        let nominal = r["gen8plus_total_dwords"].parse().unwrap_or(2);
         let d = Desc {
             name: r["name"].clone(),
             mask: hex(&r["header_mask"]),
             value: hex(&r["header_value"]),
             length,
             len_code,
+            nominal,
             engines: BCS,
             handler: handler_for(&r["name"]),
             addrs,
@@ -368,11 +376,12 @@ fn gen_tables(gen: u32, data: &Path, out: &mut String) {
     for (d, _) in &descs {
         writeln!(
             out,
-            "    CmdDesc {{ name: {:?}, header_mask: {:#010x}, header_value: {:#010x}, length: {}, engines: EngineMask::from_bits_retain({:#x}), handler: {}, addrs: &[{}], source: Source::{} }},",
+            "    CmdDesc {{ name: {:?}, header_mask: {:#010x}, header_value: {:#010x}, length: {}, nominal: {}, engines: EngineMask::from_bits_retain({:#x}), handler: {}, addrs: &[{}], source: Source::{} }},",
             d.name,
             d.mask,
             d.value,
             d.length,
+            d.nominal,
             d.engines,
             d.handler,
             d.addrs.join(", "),

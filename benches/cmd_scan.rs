@@ -57,9 +57,10 @@ fn bench_mix(c: &mut Criterion, name: &str, engine: Engine, batch: CmdBuf) {
 }
 
 fn benches(c: &mut Criterion) {
-    bench_mix(c, "3d-draws", Engine::Rcs, mix::render_batch(512));
-    bench_mix(c, "blitter", Engine::Bcs, mix::blit_batch(1024, 0x2_0000_0000));
-    bench_mix(c, "media", Engine::Vcs, mix::media_batch(512));
+    // Each about 64 KiB: the batch-buffer size of Mesa's iris and of the media driver.
+    bench_mix(c, "3d-draws", Engine::Rcs, mix::render_batch(128));
+    bench_mix(c, "blitter", Engine::Bcs, mix::blit_batch(512, 0x2_0000_0000));
+    bench_mix(c, "media", Engine::Vcs, mix::media_batch(128));
 }
 
 criterion_group!(cmd_scan, benches);

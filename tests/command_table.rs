@@ -89,6 +89,9 @@ fn every_genxml_row_decodes_with_its_length_rule() {
                 let d = expect_command(t, e, value, name);
                 assert_eq!(&d.name, name, "{gen:?} {value:#x} on {e}");
                 assert_eq!(d.length, want, "{gen:?} {name}");
+                if let Ok(n) = r["xml_length_dw"].parse::<u16>() {
+                    assert_eq!(d.nominal, n, "{gen:?} {name} template length");
+                }
             }
         }
     }

@@ -90,21 +90,25 @@ const SLOTS: usize = 256;
 /// Memory of the fast walks of one scan: the headers taken and their lengths, and where each header
 /// was last seen.
 pub(crate) struct History {
-    heads: Vec<u32>,
-    lens: Vec<usize>,
+    /// (header, length) of each command taken.
+    taken: Vec<(u32, u32)>,
+    /// `noops[i]`: how many of `taken[..i]` are MI_NOOP; one entry more than `taken`.
+    noops: Vec<u32>,
     last: [u32; SLOTS],
 }
 
 impl History {
     /// Empty history, allocated once per scan.
     pub(crate) fn new() -> Box<History> {
-        Box::new(History { heads: Vec::with_capacity(HISTORY), lens: Vec::with_capacity(HISTORY), last: [0; SLOTS] })
+        let mut noops = Vec::with_capacity(HISTORY + 1);
+        noops.push(0);
+        Box::new(History { taken: Vec::with_capacity(HISTORY), noops, last: [0; SLOTS] })
     }
 
     fn clear(&mut self) {
         // `last` may keep stale indices: `seen` checks them against the current headers.
-        self.heads.clear();
-        self.lens.clear();
+        self.taken.clear();
+        self.noops.truncate(1);
     }
 
     fn slot(head: u32) -> usize {
@@ -112,20 +116,21 @@ impl History {
     }
 
     fn push(&mut self, head: u32, len: usize) {
-        if self.heads.len() >= HISTORY {
+        if self.taken.len() >= HISTORY {
             self.clear();
         }
         if let Some(s) = self.last.get_mut(Self::slot(head)) {
-            *s = self.heads.len() as u32;
+            *s = self.taken.len() as u32;
         }
-        self.heads.push(head);
-        self.lens.push(len);
+        let zeros = self.noops.last().copied().unwrap_or(0) + u32::from(head == 0);
+        self.taken.push((head, len as u32));
+        self.noops.push(zeros);
     }
 
     /// An index where `head` was taken, if one is remembered.
     fn seen(&self, head: u32) -> Option<usize> {
         let i = *self.last.get(Self::slot(head))? as usize;
-        (self.heads.get(i) == Some(&head)).then_some(i)
+        (self.taken.get(i).map(|t| t.0) == Some(head)).then_some(i)
     }
 }
 
@@ -141,21 +146,22 @@ pub(crate) fn walk(rule: &Rule, dw: &[u32], start: usize, h: &mut History) -> Wa
             // Expect the commands that followed `head` then to follow now: their positions come
             // from the remembered lengths; each is verified against the buffer. The history is
             // not extended, so the same stretch serves as the prediction again next time.
-            let (heads, lens) = (h.heads.get(j..).unwrap_or(&[]), h.lens.get(j..).unwrap_or(&[]));
             let mut q = p;
             let mut n = 0;
-            for (&e, &len) in heads.iter().zip(lens) {
-                if dw.get(q) != Some(&e) || q + len > dw.len() {
+            for &(e, len) in h.taken.get(j..).unwrap_or(&[]) {
+                let end = q + len as usize;
+                if end > dw.len() || dw.get(q) != Some(&e) {
                     break;
                 }
-                q += len;
+                q = end;
                 n += 1;
             }
-            // heads[j..j + n] are the real commands at p..q; n >= 1 since heads[j] == head.
+            // taken[j..j + n] are the real commands at p..q; n >= 1 since taken[j] is `head`.
             if n > 0 {
-                let noops = heads.get(..n).unwrap_or(&[]).iter().filter(|&&e| e == 0).count();
-                out.noops += noops as u64;
-                out.commands += (n - noops) as u64;
+                let zeros = |i: usize| u64::from(h.noops.get(i).copied().unwrap_or(0));
+                let noops = zeros(j + n) - zeros(j);
+                out.noops += noops;
+                out.commands += n as u64 - noops;
                 p = q;
                 continue;
             }

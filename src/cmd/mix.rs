@@ -7,14 +7,14 @@ use super::memory::AddrSpace;
 use super::table::{CommandTable, Length};
 use crate::hw::Gen;
 
-/// Appends the command `name` with `len` total dwords (its fixed length when `None`), filling the
+/// Appends the command `name` with `len` total dwords (its usual length when `None`), filling the
 /// payload with a recognisable pattern. Unknown names are skipped.
 pub fn command(buf: &mut CmdBuf, name: &str, len: Option<u32>) {
     let Some(d) = CommandTable::for_gen(Gen::Gen9).by_name(name) else { return };
     let (dw0, total) = match (d.length, len) {
         (Length::Fixed(n), _) => (d.header_value, u32::from(n)),
         (Length::Field { mask, bias }, want) => {
-            let total = want.unwrap_or(bias).max(bias);
+            let total = want.unwrap_or(u32::from(d.nominal)).max(bias);
             (d.header_value | ((total - bias) & mask), ((total - bias) & mask) + bias)
         }
     };

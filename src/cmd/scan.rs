@@ -30,6 +30,9 @@ pub struct RingSpec {
     pub tail: u32,
 }
 
+/// Most pages one extension of a batch shadow copies.
+const MAX_CHUNK_PAGES: u64 = 16;
+
 /// Bounds on the work one scan may do.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ScanLimits {
@@ -283,20 +286,40 @@ where
         Ok(i)
     }
 
-    /// Copies the next chunk (to the next page boundary) of a batch into its shadow.
+    /// Copies the next chunk of a batch into its shadow: to the next page boundary, then as many
+    /// whole pages again as the shadow already holds (doubling, up to [`MAX_CHUNK_PAGES`]), so long
+    /// batches are copied in few large chunks and short ones barely past their end. A page after
+    /// the first that is unmapped or over budget ends the chunk early; the first one is an error.
     fn extend(&mut self, kind: BufferKind, dwords: &mut Vec<u32>) -> Result<(), Reason> {
         let BufferKind::Batch { space, gma, .. } = kind else {
             return Err(Reason::Unterminated(dwords.len() as u64 * 4));
         };
+        let pages = (dwords.len() as u64 * 4 / PAGE_SIZE).clamp(1, MAX_CHUNK_PAGES);
+        for n in 0..pages {
+            match self.extend_page(space, gma, dwords) {
+                Ok(()) => {}
+                Err(e) if n == 0 => return Err(e),
+                Err(_) => break,
+            }
+        }
+        Ok(())
+    }
+
+    /// Copies the batch's bytes from the end of the shadow to the next page boundary.
+    fn extend_page(&mut self, space: AddrSpace, gma: u64, dwords: &mut Vec<u32>) -> Result<(), Reason> {
         let have = dwords.len() as u64 * 4;
         let at = gma.checked_add(have).ok_or(Reason::Unterminated(have))?;
         let chunk = PAGE_SIZE - at % PAGE_SIZE;
         self.charge(chunk)?;
         let old = dwords.len();
         dwords.resize(old + (chunk / 4) as usize, 0);
-        let tail = dwords.get_mut(old..).ok_or(Reason::Unterminated(have))?;
-        copy_from_gm(self.mem, self.xlate, space, at, zerocopy::IntoBytes::as_mut_bytes(tail))
-            .map_err(|f| fault_reason(space, f))?;
+        let tail = dwords.get_mut(old..).unwrap_or_default();
+        let copied = copy_from_gm(self.mem, self.xlate, space, at, zerocopy::IntoBytes::as_mut_bytes(tail));
+        if let Err(f) = copied {
+            dwords.truncate(old);
+            self.out.stats.bytes_copied -= chunk;
+            return Err(fault_reason(space, f));
+        }
         for d in tail.iter_mut() {
             *d = u32::from_le(*d);
         }

@@ -242,6 +242,9 @@ pub struct CmdDesc {
     pub header_value: u32,
     /// Length rule.
     pub length: Length,
+    /// Length in dwords of the command's usual form (genxml's template length; the minimum for
+    /// commands genxml gives no template length).
+    pub nominal: u16,
     /// Engines on which the command is valid.
     pub engines: EngineMask,
     /// What the scanner does with it.

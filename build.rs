@@ -188,6 +188,13 @@ fn parse_addr_fields(cmd: &str, s: &str) -> Vec<String> {
     out
 }
 
+/// Width of a DWord Length field given as `hi:0`.
+fn field_bits(range: &str) -> u32 {
+    let (hi, lo) = range.split_once(':').unwrap();
+    assert_eq!(lo, "0", "length field {range}");
+    hi.parse::<u32>().unwrap() + 1
+}
+
 fn field_len(bits: u32, bias: u32) -> (String, u32) {
     assert!(bits < 32 && bias < 256, "length field {bits} bits, bias {bias}");
     (format!("Length::Field {{ mask: {:#x}, bias: {bias} }}", (1u32 << bits) - 1), bits | bias << 5)
@@ -277,10 +284,7 @@ fn gen_tables(gen: u32, data: &Path, out: &mut String) {
         }
         let bias: u32 = r["bias"].parse().unwrap();
         let (length, len_code) = if r["has_length_field"] == "yes" {
-            let (hi, lo) = r["length_field_bits"].split_once(':').unwrap();
-            assert_eq!(lo, "0");
-            let hi: u32 = hi.parse().unwrap();
-            field_len(hi + 1, bias)
+            field_len(field_bits(&r["length_field_bits"]), bias)
         } else {
             fixed_len(r["xml_length_dw"].parse().unwrap())
         };
@@ -351,9 +355,7 @@ fn gen_tables(gen: u32, data: &Path, out: &mut String) {
                 "AddrField {{ name: {role:?}, dword: {lo_dw}, lo: 0, hi: 47, stride: 0, count: 1, space: AddrSel::Context }}"
             ));
         }
-        let (hi, _) = r["length_field_bits"].split_once(':').unwrap();
-        let hi: u32 = hi.parse().unwrap();
-        let (length, len_code) = field_len(hi + 1, r["bias"].parse().unwrap());
+        let (length, len_code) = field_len(field_bits(&r["length_field_bits"]), r["bias"].parse().unwrap());
         let nominal = r["gen8plus_total_dwords"].parse().unwrap_or(2);
         let d = Desc {
             name: r["name"].clone(),

@@ -58,13 +58,25 @@ impl Case {
         let params = ScanParams {
             gen: self.gen,
             engine: self.engine,
-            windows: GmWindows { aperture: APERTURE, hidden: HIDDEN },
-            ring: RingSpec { start: RING, size: 0x8000, head: 0, tail: ring.len_bytes() as u32 },
             surfaces: self.surfaces,
             hwsp: self.hwsp,
             limits: self.limits,
+            ..params(RingSpec { start: RING, size: 0x8000, head: 0, tail: ring.len_bytes() as u32 })
         };
         scan_ring(&img.mem, &img.xlate, &params, &mut ())
+    }
+}
+
+/// Render-engine parameters over the test windows, for `ring`.
+fn params(ring: RingSpec) -> ScanParams {
+    ScanParams {
+        gen: Gen::Gen9,
+        engine: Engine::Rcs,
+        windows: GmWindows { aperture: APERTURE, hidden: HIDDEN },
+        ring,
+        surfaces: Ppgtt,
+        hwsp: None,
+        limits: ScanLimits::default(),
     }
 }
 
@@ -94,15 +106,7 @@ fn ring_wraps_around_with_a_command_across_the_end() {
     ring_page[4088..].copy_from_slice(&bytes[..8]);
     ring_page[..bytes.len() - 8].copy_from_slice(&bytes[8..]);
     let img = GmImage::builder().place(Ggtt, RING, ring_page).build().unwrap();
-    let params = ScanParams {
-        gen: Gen::Gen9,
-        engine: Engine::Rcs,
-        windows: GmWindows { aperture: APERTURE, hidden: HIDDEN },
-        ring: RingSpec { start: RING, size: 4096, head: 4088, tail: (bytes.len() - 8) as u32 },
-        surfaces: Ppgtt,
-        hwsp: None,
-        limits: ScanLimits::default(),
-    };
+    let params = params(RingSpec { start: RING, size: 4096, head: 4088, tail: (bytes.len() - 8) as u32 });
     let w = scan_ring(&img.mem, &img.xlate, &params, &mut ()).unwrap();
     assert_eq!(&w.ring.dwords[..4], &cmds.dwords[..4]);
     assert_eq!(w.stats.commands, 2);
@@ -112,15 +116,7 @@ fn ring_wraps_around_with_a_command_across_the_end() {
 #[test]
 fn bad_ring_registers() {
     let img = GmImage::builder().place(Ggtt, RING, vec![0; 4096]).build().unwrap();
-    let base = ScanParams {
-        gen: Gen::Gen9,
-        engine: Engine::Rcs,
-        windows: GmWindows { aperture: APERTURE, hidden: HIDDEN },
-        ring: RingSpec { start: RING, size: 4096, head: 0, tail: 8 },
-        surfaces: Ppgtt,
-        hwsp: None,
-        limits: ScanLimits::default(),
-    };
+    let base = params(RingSpec { start: RING, size: 4096, head: 0, tail: 8 });
     for ring in [
         RingSpec { start: RING + 4, ..base.ring },
         RingSpec { size: 4095, ..base.ring },
@@ -411,15 +407,7 @@ fn copy_then_scan_copies_are_immune_to_later_guest_writes() {
     r.bb_start(Ggtt, BATCH, false);
     let img =
         GmImage::builder().place_dwords(Ggtt, RING, &r.dwords).place_dwords(Ggtt, BATCH, &b.dwords).build().unwrap();
-    let params = ScanParams {
-        gen: Gen::Gen9,
-        engine: Engine::Rcs,
-        windows: GmWindows { aperture: APERTURE, hidden: HIDDEN },
-        ring: RingSpec { start: RING, size: 4096, head: 0, tail: 16 },
-        surfaces: Ppgtt,
-        hwsp: None,
-        limits: ScanLimits::default(),
-    };
+    let params = params(RingSpec { start: RING, size: 4096, head: 0, tail: 16 });
     let w = scan_ring(&img.mem, &img.xlate, &params, &mut ()).unwrap();
     // The guest now rewrites its batch to store outside its memory: the scanned copy is unchanged.
     let gpa = img.xlate.translate(Ggtt, BATCH + 4).unwrap();

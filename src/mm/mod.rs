@@ -1,8 +1,11 @@
 //! Graphics memory: the partition of a physical GPU's GGTT into the host's reserve and per-vGPU
-//! windows (aperture and hidden) plus fence registers.
+//! windows (aperture and hidden) plus fence registers, and each vGPU's virtual GGTT.
 //!
-//! The virtual GGTT and the shadow PPGTT build on this partition (see docs/architecture.md).
+//! `ggtt` keeps each vGPU's GGTT entries and mirrors them into the host GGTT. The shadow PPGTT
+//! builds on both (see docs/architecture.md).
 
+pub mod ggtt;
 pub mod partition;
 
+pub use ggtt::{DmaMapper, GgttError, HostGgtt, VirtualGgtt};
 pub use partition::{GmAllocation, GmAllocator, GmLayout, GmRequest, HostReserve, PartitionError};

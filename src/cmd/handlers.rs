@@ -295,7 +295,7 @@ where
         if offset >= 4096 {
             return Err(Reason::HwspIndex(offset));
         }
-        let a = base + offset;
+        let a = base.checked_add(offset).ok_or(Reason::HwspIndex(offset))?;
         self.access(AddrSpace::Ggtt, "status page", a, 8)?;
         Ok(a)
     }

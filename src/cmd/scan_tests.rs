@@ -471,3 +471,12 @@ fn semaphore_register_poll_reads_a_register() {
     assert!(case().scan(ring().raw(&[0x0e01_8002, 0, 0x2358, 0])).is_ok());
     assert!(case().scan(ring().raw(&[0x0e01_8002, 0, 0x2080, 0])).is_err());
 }
+
+#[test]
+fn status_page_at_the_top_of_the_address_space_is_rejected_not_wrapped() {
+    let mut b = ring();
+    b.pipe_control(1 << 21, PostSync::WriteImmediate, Ppgtt, 0x40, 5, false);
+    let mut c = case();
+    c.hwsp = Some(u64::MAX - 8);
+    assert!(matches!(reason(c.scan(&b)), Reason::HwspIndex(0x40)));
+}

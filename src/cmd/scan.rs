@@ -63,8 +63,10 @@ pub struct ScanParams {
     /// surfaces): [`AddrSpace::Ppgtt`] for a context with a PPGTT (every execlist context of a
     /// Gen8+ guest driver), [`AddrSpace::Ggtt`] otherwise, in which case they are audited too.
     pub surfaces: AddrSpace,
-    /// GGTT address of the guest's status page for this engine: index-mode post-sync writes are
-    /// redirected there. `None` rejects them.
+    /// GGTT address of the status page index-mode post-sync writes address: in execlist mode the
+    /// running context's per-process status page (page 0 of the guest's context image, at its
+    /// LRCA). Index-mode writes are rewritten into absolute GGTT writes there, audited like any
+    /// store; `None` rejects them.
     pub hwsp: Option<u64>,
     /// Work bounds.
     pub limits: ScanLimits,

@@ -2,5 +2,6 @@
 #![deny(missing_docs)]
 
 pub mod cmd;
+pub mod execlist;
 pub mod hw;
 pub mod mm;

@@ -2,6 +2,7 @@
 #![deny(missing_docs)]
 
 pub mod cmd;
+pub mod context;
 pub mod execlist;
 pub mod hw;
 pub mod mm;

@@ -4,7 +4,7 @@
 //! Layout (Gen8/Gen9): page 0 of the image is the per-process status page, page 1 the register
 //! state, an MI_LOAD_REGISTER_IMM list whose value dwords sit at fixed indices.
 
-use vm_memory::{Bytes, GuestAddress, GuestMemory};
+use vm_memory::{Bytes, GuestMemory};
 
 use crate::cmd::{AddrSpace, GmTranslate, GmWindows, RingSpec, PAGE_SIZE};
 use crate::hw::{Engine, Gen};
@@ -174,7 +174,7 @@ where
 mod tests {
     use super::*;
     use crate::cmd::{GmRange, LinearTranslation};
-    use vm_memory::GuestMemoryMmap;
+    use vm_memory::{GuestAddress, GuestMemoryMmap};
 
     const LRCA: u64 = 0x10_4000;
 

@@ -9,29 +9,11 @@ use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use shadowgpu::cmd::emit::CmdBuf;
-use shadowgpu::cmd::image::GmImage;
-use shadowgpu::cmd::{copy_from_gm, mix, scan_ring, AddrSpace, GmRange, GmWindows, RingSpec, ScanLimits, ScanParams};
-use shadowgpu::hw::{Engine, Gen};
-
-const BATCH: u64 = 0x1_0000_0000;
+use shadowgpu::cmd::{copy_from_gm, mix, scan_ring, AddrSpace};
+use shadowgpu::hw::Engine;
 
 fn bench_mix(c: &mut Criterion, name: &str, engine: Engine, batch: CmdBuf) {
-    let mut ring = CmdBuf::new();
-    ring.bb_start(AddrSpace::Ppgtt, BATCH, false).align_qword();
-    let img = GmImage::builder()
-        .place_dwords(AddrSpace::Ggtt, 0x10_0000, &ring.dwords)
-        .place_dwords(AddrSpace::Ppgtt, BATCH, &batch.dwords)
-        .build()
-        .unwrap();
-    let params = ScanParams {
-        gen: Gen::Gen9,
-        engine,
-        windows: GmWindows { aperture: GmRange::new(0x10_0000, 0x100_0000), hidden: GmRange::default() },
-        ring: RingSpec { start: 0x10_0000, size: 4096, head: 0, tail: ring.len_bytes() as u32 },
-        surfaces: AddrSpace::Ppgtt,
-        hwsp: None,
-        limits: ScanLimits::default(),
-    };
+    let (img, params) = mix::single_batch(engine, &batch).unwrap();
     let bytes = batch.len_bytes();
     let w = scan_ring(&img.mem, &img.xlate, &params, &mut ()).unwrap();
     assert_eq!(w.batches[0].len_bytes(), bytes);
@@ -41,7 +23,7 @@ fn bench_mix(c: &mut Criterion, name: &str, engine: Engine, batch: CmdBuf) {
     g.bench_function("scan+copy", |b| b.iter(|| scan_ring(black_box(&img.mem), &img.xlate, &params, &mut ()).unwrap()));
     let mut shadow = vec![0u8; bytes as usize];
     g.bench_function("copy-only", |b| {
-        b.iter(|| copy_from_gm(&img.mem, &img.xlate, AddrSpace::Ppgtt, BATCH, black_box(&mut shadow)).unwrap())
+        b.iter(|| copy_from_gm(&img.mem, &img.xlate, AddrSpace::Ppgtt, mix::BATCH_GMA, black_box(&mut shadow)).unwrap())
     });
     let src = batch.to_bytes();
     let mut dst = vec![0u8; src.len()];

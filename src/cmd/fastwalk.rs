@@ -84,6 +84,8 @@ pub(crate) fn walk_sequential(rule: &Rule, dw: &[u32], start: usize) -> Walked {
 
 /// Longest remembered history; older headers are dropped in blocks.
 const HISTORY: usize = 4096;
+/// Entries a new history has room for.
+const INITIAL: usize = 64;
 /// Slots of the last-seen index.
 const SLOTS: usize = 256;
 
@@ -98,11 +100,12 @@ pub(crate) struct History {
 }
 
 impl History {
-    /// Empty history, allocated once per scan.
-    pub(crate) fn new() -> Box<History> {
-        let mut noops = Vec::with_capacity(HISTORY + 1);
+    /// Empty history, with room for a typical repeated sequence (a draw's state commands); it
+    /// grows further only as far as a scan's fast walks take commands.
+    pub(crate) fn new() -> History {
+        let mut noops = Vec::with_capacity(INITIAL + 1);
         noops.push(0);
-        Box::new(History { taken: Vec::with_capacity(HISTORY), noops, last: [0; SLOTS] })
+        History { taken: Vec::with_capacity(INITIAL), noops, last: [0; SLOTS] }
     }
 
     fn clear(&mut self) {

@@ -3,9 +3,12 @@
 //! taken from the Gen9 table by name, so the mixes stay valid as the table evolves.
 
 use super::emit::{CmdBuf, PostSync};
+use super::image::{GmImage, ImageError};
 use super::memory::AddrSpace;
+use super::scan::{RingSpec, ScanLimits, ScanParams};
 use super::table::{CommandTable, Length};
-use crate::hw::Gen;
+use crate::cmd::{GmRange, GmWindows};
+use crate::hw::{Engine, Gen};
 
 /// Appends the command `name` with `len` total dwords (its usual length when `None`), filling the
 /// payload with a recognisable pattern. Unknown names are skipped.
@@ -113,30 +116,39 @@ pub fn media_batch(n: usize) -> CmdBuf {
     b
 }
 
+/// GGTT address of the ring [`single_batch`] builds.
+pub const RING_GMA: u64 = 0x10_0000;
+/// PPGTT address of the batch [`single_batch`] places.
+pub const BATCH_GMA: u64 = 0x1_0000_0000;
+
+/// A guest image whose ring starts one PPGTT batch, `batch`, as a user-mode driver's submission
+/// does, with the scan parameters for `engine` (Gen9, 16 MiB aperture window, PPGTT surfaces).
+pub fn single_batch(engine: Engine, batch: &CmdBuf) -> Result<(GmImage, ScanParams), ImageError> {
+    let mut ring = CmdBuf::new();
+    ring.bb_start(AddrSpace::Ppgtt, BATCH_GMA, false).align_qword();
+    let img = GmImage::builder()
+        .place_dwords(AddrSpace::Ggtt, RING_GMA, &ring.dwords)
+        .place_dwords(AddrSpace::Ppgtt, BATCH_GMA, &batch.dwords)
+        .build()?;
+    let params = ScanParams {
+        gen: Gen::Gen9,
+        engine,
+        windows: GmWindows { aperture: GmRange::new(RING_GMA, 0x100_0000), hidden: GmRange::default() },
+        ring: RingSpec { start: RING_GMA, size: 4096, head: 0, tail: ring.len_bytes() as u32 },
+        surfaces: AddrSpace::Ppgtt,
+        hwsp: None,
+        limits: ScanLimits::default(),
+    };
+    Ok((img, params))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cmd::image::GmImage;
-    use crate::cmd::{scan_ring, GmRange, GmWindows, RingSpec, ScanLimits, ScanParams};
-    use crate::hw::Engine;
+    use crate::cmd::scan_ring;
 
     fn accepted(engine: Engine, batch: &CmdBuf) -> crate::cmd::ScannedWorkload {
-        let mut ring = CmdBuf::new();
-        ring.bb_start(AddrSpace::Ppgtt, 0x1_0000_0000, false).align_qword();
-        let img = GmImage::builder()
-            .place_dwords(AddrSpace::Ggtt, 0x10_0000, &ring.dwords)
-            .place_dwords(AddrSpace::Ppgtt, 0x1_0000_0000, &batch.dwords)
-            .build()
-            .unwrap();
-        let p = ScanParams {
-            gen: Gen::Gen9,
-            engine,
-            windows: GmWindows { aperture: GmRange::new(0x10_0000, 0x10_0000), hidden: GmRange::default() },
-            ring: RingSpec { start: 0x10_0000, size: 4096, head: 0, tail: ring.len_bytes() as u32 },
-            surfaces: AddrSpace::Ppgtt,
-            hwsp: None,
-            limits: ScanLimits::default(),
-        };
+        let (img, p) = single_batch(engine, batch).unwrap();
         scan_ring(&img.mem, &img.xlate, &p, &mut ()).unwrap()
     }
 

@@ -212,7 +212,7 @@ pub(super) struct Scanner<'a, M: ?Sized, T: ?Sized, O: ?Sized> {
     pub out: ScannedWorkload,
     seen: HashMap<(AddrSpace, u64, u8), usize>,
     queue: Vec<BufferId>,
-    history: Box<fastwalk::History>,
+    history: fastwalk::History,
 }
 
 impl<M, T, O> Scanner<'_, M, T, O>

@@ -300,7 +300,7 @@ pub(crate) const ENTRY_RULE_12_2: u32 = 1 << 28;
 
 /// Length in dwords from a packed decode-table entry and dword 0.
 #[inline(always)]
-pub(crate) fn entry_len(e: u32, dw0: u32) -> u32 {
+fn entry_len(e: u32, dw0: u32) -> u32 {
     let code = e & 0x3fff;
     let n = (code >> 5) & 0xff;
     if code & (1 << 13) != 0 {

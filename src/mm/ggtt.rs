@@ -46,6 +46,17 @@ pub trait DmaMapper {
     fn map_page(&mut self, gpa: GuestAddress) -> Result<u64, String>;
     /// Undoes one `map_page` that returned `host`.
     fn unmap_page(&mut self, host: u64);
+    /// Maps `len` bytes of contiguous guest memory at `gpa` (a 2 MiB or 1 GiB page) as one
+    /// contiguous range for the GPU, if the backend can; `Ok(None)` makes the caller map it page
+    /// by page instead.
+    fn map_range(&mut self, gpa: GuestAddress, len: u64) -> Result<Option<u64>, String> {
+        let _ = (gpa, len);
+        Ok(None)
+    }
+    /// Undoes one `map_range` that returned `Some(host)`.
+    fn unmap_range(&mut self, host: u64, len: u64) {
+        let _ = (host, len);
+    }
 }
 
 /// The host GGTT, as the host backend exposes it.

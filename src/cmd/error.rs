@@ -11,6 +11,8 @@ use crate::hw::Engine;
 pub enum BufferKind {
     /// The ring buffer (the copy from head to tail).
     Ring,
+    /// The engine-context part of a context image (a register-load list restored on switch-in).
+    Context,
     /// A batch buffer at nesting `level` (1 or 2), started at `gma` in `space`.
     Batch {
         /// Nesting level: 1 for a batch started from the ring, 2 for a second-level batch.
@@ -26,6 +28,7 @@ impl fmt::Display for BufferKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             BufferKind::Ring => f.write_str("ring"),
+            BufferKind::Context => f.write_str("context image"),
             BufferKind::Batch { level, space, gma } => write!(f, "batch L{level} {space}@{gma:#x}"),
         }
     }

@@ -3,7 +3,7 @@
 
 use vm_memory::GuestMemory;
 
-use super::error::Reason;
+use super::error::{BufferKind, Reason};
 use super::memory::{AddrSpace, GmTranslate};
 use super::regs::{self, RegAccess, RegPolicy, DISCARD_REG, REG_OFFSET_MASK};
 use super::scan::{BufCtx, Flow, ScanObserver, Scanner};
@@ -118,6 +118,10 @@ where
                 cmd.fill(0);
                 self.patched();
                 Ok(Flow::Next)
+            }
+            Handler::BbEnd if ctx.kind == BufferKind::Context => Ok(Flow::End),
+            Handler::BbStart if ctx.kind == BufferKind::Context => {
+                Err(Reason::Nesting("batch buffer start in a context image"))
             }
             Handler::BbEnd => match ctx.level() {
                 0 => Err(Reason::Nesting("MI_BATCH_BUFFER_END in the ring")),
@@ -274,6 +278,8 @@ where
                     RegPolicy::PageTableRoot => {
                         self.out.root_loads.push(RootLoad { buffer: ctx.id, dword: ctx.dword + k + 1, reg })
                     }
+                    // A context image restores context-saved state the command streams may only read.
+                    RegPolicy::ReadOnly if ctx.kind == BufferKind::Context => {}
                     RegPolicy::Discard => {
                         if let Some(d) = cmd.get_mut(k) {
                             *d = DISCARD_REG;

@@ -170,6 +170,48 @@ where
     Ok(s.out)
 }
 
+/// Scans `dwords`, the engine-context part of a context image (from dword 0x50 of the
+/// register-state page to the end of the image), as the command stream the engine executes when
+/// it restores the context: the same table and register audit as a ring, but no batch may start
+/// from it and no page-table root may be loaded by it (the shadow context owns the roots).
+/// `params.ring` is not used. Patches (interrupts neutralised, registers redirected) are made in
+/// place.
+pub fn scan_context_image<M, T>(
+    mem: &M,
+    xlate: &T,
+    params: &ScanParams,
+    dwords: &mut Vec<u32>,
+) -> Result<ScanStats, ScanError>
+where
+    M: GuestMemory + ?Sized,
+    T: GmTranslate + ?Sized,
+{
+    let mut s = Scanner {
+        mem,
+        xlate,
+        p: params,
+        table: CommandTable::for_gen(params.gen),
+        obs: &mut (),
+        out: ScannedWorkload {
+            ring: ShadowBuffer { kind: BufferKind::Context, dwords: Vec::new() },
+            batches: Vec::new(),
+            relocs: Vec::new(),
+            root_loads: Vec::new(),
+            events: Events::empty(),
+            stats: ScanStats::default(),
+        },
+        seen: HashMap::new(),
+        queue: Vec::new(),
+        history: fastwalk::History::new(),
+    };
+    s.walk_dwords(0, BufferKind::Context, dwords)?;
+    if let Some(load) = s.out.root_loads.first() {
+        let at = Location { buffer: BufferKind::Context, offset: load.dword as u64 * 4, command: None };
+        return Err(ScanError { at, reason: Reason::Nesting("page-table root load in a context image") });
+    }
+    Ok(s.out.stats)
+}
+
 /// How the walk continues after a command.
 pub(super) enum Flow {
     /// With the next command.
@@ -190,14 +232,14 @@ pub(super) struct BufCtx {
 impl BufCtx {
     pub fn level(&self) -> u8 {
         match self.kind {
-            BufferKind::Ring => 0,
+            BufferKind::Ring | BufferKind::Context => 0,
             BufferKind::Batch { level, .. } => level,
         }
     }
 
     pub fn space(&self) -> AddrSpace {
         match self.kind {
-            BufferKind::Ring => AddrSpace::Ggtt,
+            BufferKind::Ring | BufferKind::Context => AddrSpace::Ggtt,
             BufferKind::Batch { space, .. } => space,
         }
     }
@@ -374,7 +416,7 @@ where
                 i = w.end;
             }
             if i >= dwords.len() {
-                if kind == BufferKind::Ring {
+                if !matches!(kind, BufferKind::Batch { .. }) {
                     return Ok(());
                 }
                 self.extend(kind, dwords).map_err(|reason| ScanError { at: at(i, None), reason })?;
@@ -400,7 +442,7 @@ where
             };
             let len = len as usize;
             while i + len > dwords.len() {
-                if kind == BufferKind::Ring {
+                if !matches!(kind, BufferKind::Batch { .. }) {
                     let reason = Reason::Truncated { len: len as u32, available: (dwords.len() - i) as u64 };
                     return Err(ScanError { at: at(i, Some(desc.name)), reason });
                 }

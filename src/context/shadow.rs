@@ -1,0 +1,368 @@
+//! The shadow context: the image the engine really loads, built from the guest's context image,
+//! and the write-back of what the engine saved into it after the workload completes.
+//!
+//! The ring-context part of the register-state page (its first 0x50 dwords: the register-load
+//! headers, ring registers, batch state, workaround pointers, timestamp, page-table roots) is the
+//! host's: its structure comes from a template and only these values are taken from the guest:
+//! CONTEXT_CONTROL (mask bits forced on), CTX_TIMESTAMP, INDIRECT_CTX_OFFSET and, on the blitter,
+//! the tile register. Ring registers point at the shadow ring, roots at the shadow PPGTT, the
+//! workaround pointers at their shadows; the batch state is cleared so a restore never resumes a
+//! guest batch. Everything after dword 0x50 (the engine context) is copied from the guest and
+//! scanned as the command stream the engine executes on restore.
+//!
+//! Copies are skipped where they cannot matter: a restore-inhibit context is not restored by the
+//! engine, and a resubmission of the context last run on this engine (same LRCA, same guest pages)
+//! still has its engine state in the shadow, since only the engine writes it.
+
+use vm_memory::{Bytes, GuestAddress, GuestMemory};
+use zerocopy::IntoBytes;
+
+use super::image::{context_size, idx, ContextError, GuestContext};
+use crate::cmd::{scan_context_image, AddrSpace, GmTranslate, ScanError, ScanParams, ScanStats, PAGE_SIZE};
+use crate::hw::{Engine, Gen};
+use crate::mm::ShadowRoot;
+
+/// Dwords per page.
+const PAGE_DWORDS: usize = 1024;
+/// First dword of the engine context in the register-state page (end of the ring context).
+pub const ENGINE_CONTEXT_DWORD: usize = 0x50;
+/// MI_LOAD_REGISTER_IMM header for `n` registers (force-posted).
+const fn lri(n: u32) -> u32 {
+    0x1100_0000 | (1 << 12) | (2 * n - 1)
+}
+/// Mask half of a masked register: every bit of the low half is written.
+const MASK_ALL: u32 = 0xffff_0000;
+
+/// Where the host put what the shadow context points at.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ShadowPlan {
+    /// Host GGTT address of the shadow ring (4 KiB aligned).
+    pub ring_start: u64,
+    /// Size of the shadow ring in bytes (a multiple of 4 KiB).
+    pub ring_size: u32,
+    /// Head and tail byte offsets of the workload in the shadow ring.
+    pub head: u32,
+    /// Tail byte offset.
+    pub tail: u32,
+    /// The shadow page-table roots.
+    pub root: ShadowRoot,
+    /// Host GGTT address of the shadowed indirect-context batch, if the guest has one.
+    pub indirect_ctx: Option<u64>,
+    /// Host GGTT address of the shadowed per-context batch, if the guest has one.
+    pub bb_per_ctx: Option<u64>,
+}
+
+/// Errors building or writing back a shadow context.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ShadowContextError {
+    /// The guest image could not be read or written.
+    #[error(transparent)]
+    Image(#[from] ContextError),
+    /// The engine context failed the scan.
+    #[error("context image: {0}")]
+    Scan(ScanError),
+    /// The plan does not fit the hardware fields.
+    #[error("shadow plan: {0}")]
+    BadPlan(&'static str),
+}
+
+/// What [`ShadowContext::populate`] did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Populated {
+    /// Pages copied from the guest (the register-state page counts as one).
+    pub pages_copied: u32,
+    /// The engine-context copy was skipped (restore inhibit or same context).
+    pub skipped: bool,
+    /// The engine context was scanned; its statistics.
+    pub scan: Option<ScanStats>,
+}
+
+/// The context last populated on this engine: its LRCA and the guest pages of its image.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Last {
+    lrca: u64,
+    gpas: Vec<u64>,
+}
+
+/// One vGPU's shadow context image for one engine.
+#[derive(Clone, Debug)]
+pub struct ShadowContext {
+    gen: Gen,
+    engine: Engine,
+    /// The image, page 0 (status page) included, as dwords.
+    image: Vec<u32>,
+    last: Option<Last>,
+    /// The engine-context part of the register-state page as last scanned or written back.
+    scanned_state: Vec<u32>,
+    gpas: Vec<u64>,
+}
+
+impl ShadowContext {
+    /// A shadow context for `engine` on `gen`, holding the host's ring-context template.
+    pub fn new(gen: Gen, engine: Engine) -> Self {
+        let dwords = (context_size(gen, engine) / 4) as usize;
+        let mut image = vec![0u32; dwords];
+        if let Some(state) = image.get_mut(PAGE_DWORDS..2 * PAGE_DWORDS) {
+            write_template(state, gen, engine);
+        }
+        ShadowContext { gen, engine, image, last: None, scanned_state: Vec::new(), gpas: Vec::new() }
+    }
+
+    /// The image (dwords), as the engine loads it.
+    pub fn image(&self) -> &[u32] {
+        &self.image
+    }
+
+    /// The image for the engine to save into (the software GPU writes the saved state here).
+    pub fn image_mut(&mut self) -> &mut [u32] {
+        &mut self.image
+    }
+
+    /// Value dword `i` of the register-state page.
+    pub fn state(&self, i: usize) -> u32 {
+        self.image.get(PAGE_DWORDS + i).copied().unwrap_or(0)
+    }
+
+    fn set_state(&mut self, i: usize, v: u32) {
+        if let Some(d) = self.image.get_mut(PAGE_DWORDS + i) {
+            *d = v;
+        }
+    }
+
+    /// Forgets the last context (the guest rewrote GGTT entries of it, or the vGPU was reset).
+    pub fn invalidate(&mut self) {
+        self.last = None;
+        self.scanned_state.clear();
+    }
+
+    fn remember_state_part(&mut self) {
+        let part = self.image.get(PAGE_DWORDS + ENGINE_CONTEXT_DWORD..2 * PAGE_DWORDS).unwrap_or_default();
+        self.scanned_state.clear();
+        self.scanned_state.extend_from_slice(part);
+    }
+
+    /// Guest physical addresses of pages 1..N-1 of the image at `lrca`, through the GGTT.
+    fn translate_pages<T: GmTranslate + ?Sized>(&mut self, xlate: &T, lrca: u64) -> Result<(), ContextError> {
+        let pages = context_size(self.gen, self.engine) / PAGE_SIZE;
+        self.gpas.clear();
+        for p in 1..pages {
+            let gma = lrca.checked_add(p * PAGE_SIZE).ok_or(ContextError::Unmapped(lrca))?;
+            let gpa = xlate.translate(AddrSpace::Ggtt, gma).ok_or(ContextError::Unmapped(gma))?;
+            self.gpas.push(gpa.0);
+        }
+        Ok(())
+    }
+
+    /// Builds the shadow context for a workload of `guest` (read with
+    /// [`read_guest_context`](super::read_guest_context)) as `plan` places it. `scan` gives the
+    /// scanner's parameters for this vGPU and engine (its ring field is not used).
+    pub fn populate<M, T>(
+        &mut self,
+        mem: &M,
+        xlate: &T,
+        guest: &GuestContext,
+        plan: &ShadowPlan,
+        scan: &ScanParams,
+    ) -> Result<Populated, ShadowContextError>
+    where
+        M: GuestMemory + ?Sized,
+        T: GmTranslate + ?Sized,
+    {
+        let result = self.populate_inner(mem, xlate, guest, plan, scan);
+        if result.is_err() {
+            self.invalidate();
+        }
+        result
+    }
+
+    fn populate_inner<M, T>(
+        &mut self,
+        mem: &M,
+        xlate: &T,
+        guest: &GuestContext,
+        plan: &ShadowPlan,
+        scan: &ScanParams,
+    ) -> Result<Populated, ShadowContextError>
+    where
+        M: GuestMemory + ?Sized,
+        T: GmTranslate + ?Sized,
+    {
+        if plan.ring_start % PAGE_SIZE != 0 || plan.ring_start >> 32 != 0 {
+            return Err(ShadowContextError::BadPlan("ring start must be a 4 KiB-aligned 32-bit address"));
+        }
+        let ring_pages = plan.ring_size / PAGE_SIZE as u32;
+        if plan.ring_size % PAGE_SIZE as u32 != 0 || !(1..=512).contains(&ring_pages) {
+            return Err(ShadowContextError::BadPlan("ring size must be 1..512 pages"));
+        }
+        self.translate_pages(xlate, guest.lrca)?;
+        let same = self.last.as_ref().is_some_and(|l| l.lrca == guest.lrca && l.gpas == self.gpas);
+        let inhibit = guest.restore_inhibit();
+
+        // Register-state page: the engine context from the guest, the ring context from the template.
+        let mut out = Populated::default();
+        let state_gpa = self.gpas.first().copied().unwrap_or(0);
+        let state = self.image.get_mut(PAGE_DWORDS + ENGINE_CONTEXT_DWORD..2 * PAGE_DWORDS).unwrap_or_default();
+        let at = GuestAddress(state_gpa + 4 * ENGINE_CONTEXT_DWORD as u64);
+        mem.read_slice(state.as_mut_bytes(), at).map_err(|_| ContextError::BadGuestMemory(state_gpa))?;
+        out.pages_copied = 1;
+        let raw = |mem: &M, i: usize| -> Result<u32, ContextError> {
+            let v: u32 = mem
+                .read_obj(GuestAddress(state_gpa + 4 * i as u64))
+                .map_err(|_| ContextError::BadGuestMemory(state_gpa))?;
+            Ok(u32::from_le(v))
+        };
+        self.set_state(idx::CONTEXT_CONTROL, raw(mem, idx::CONTEXT_CONTROL)? | MASK_ALL);
+        self.set_state(idx::CTX_TIMESTAMP, raw(mem, idx::CTX_TIMESTAMP)?);
+        self.set_state(idx::RING_HEAD, plan.head & 0x001f_fffc);
+        self.set_state(idx::RING_TAIL, plan.tail & 0x001f_fff8);
+        self.set_state(idx::RING_START, plan.ring_start as u32);
+        self.set_state(idx::RING_CTL, ((ring_pages - 1) << 12) | 1);
+        for i in (0x0d..=0x17).step_by(2) {
+            self.set_state(i, 0); // batch state: never resume a guest batch
+        }
+        if has_wa_fields(self.gen, self.engine) {
+            let guest_indirect = raw(mem, idx::INDIRECT_CTX)?;
+            let guest_per_ctx = raw(mem, idx::BB_PER_CTX_PTR)?;
+            let indirect = plan.indirect_ctx.map_or(0, |a| (a as u32 & 0xffff_ffc0) | (guest_indirect & 0x3f));
+            let per_ctx = plan.bb_per_ctx.map_or(0, |a| (a as u32 & 0xffff_f000) | (guest_per_ctx & 0xfff));
+            self.set_state(idx::INDIRECT_CTX, indirect);
+            self.set_state(idx::BB_PER_CTX_PTR, per_ctx);
+            self.set_state(idx::INDIRECT_CTX_OFFSET, raw(mem, idx::INDIRECT_CTX_OFFSET)?);
+        }
+        for (n, pdp) in plan.root.pdps().iter().enumerate() {
+            let udw = idx::PDP3_UDW + 4 * (3 - n);
+            self.set_state(udw, (pdp >> 32) as u32);
+            self.set_state(udw + 2, *pdp as u32);
+        }
+        if self.engine == Engine::Bcs {
+            self.set_state(0x43, raw(mem, 0x43)?);
+        }
+
+        // The rest of the engine context.
+        if inhibit || same {
+            out.skipped = true;
+        } else {
+            out.pages_copied += self.copy_pages(mem, false)?;
+        }
+        // Scan unless the engine will not restore the image, or nothing guest-written changed
+        // since the last scan (same context, state page as scanned or as written back).
+        let state_part = self.image.get(PAGE_DWORDS + ENGINE_CONTEXT_DWORD..2 * PAGE_DWORDS).unwrap_or_default();
+        if !inhibit && !(same && self.scanned_state == state_part) {
+            let mut dwords = self.image.get(PAGE_DWORDS + ENGINE_CONTEXT_DWORD..).unwrap_or_default().to_vec();
+            let stats = scan_context_image(mem, xlate, scan, &mut dwords).map_err(ShadowContextError::Scan)?;
+            if let Some(dst) = self.image.get_mut(PAGE_DWORDS + ENGINE_CONTEXT_DWORD..) {
+                dst.copy_from_slice(&dwords);
+            }
+            out.scan = Some(stats);
+        }
+        self.remember_state_part();
+        self.last = Some(Last { lrca: guest.lrca, gpas: self.gpas.clone() });
+        Ok(out)
+    }
+
+    /// Copies pages 2..N-1 between the guest and the shadow (to the guest when `back`), one
+    /// transfer per run of physically contiguous guest pages. Returns the pages moved.
+    fn copy_pages<M: GuestMemory + ?Sized>(&mut self, mem: &M, back: bool) -> Result<u32, ContextError> {
+        let mut p = 1; // index into gpas: page 2 of the image
+        let mut moved = 0;
+        while let Some(&start) = self.gpas.get(p) {
+            let mut run = 1;
+            while self.gpas.get(p + run).is_some_and(|&g| Some(g) == start.checked_add(run as u64 * PAGE_SIZE)) {
+                run += 1;
+            }
+            let first = (p + 1) * PAGE_DWORDS;
+            let Some(chunk) = self.image.get_mut(first..first + run * PAGE_DWORDS) else { break };
+            let r = if back {
+                mem.write_slice(chunk.as_bytes(), GuestAddress(start))
+            } else {
+                mem.read_slice(chunk.as_mut_bytes(), GuestAddress(start))
+            };
+            r.map_err(|_| ContextError::BadGuestMemory(start))?;
+            p += run;
+            moved += run as u32;
+        }
+        Ok(moved)
+    }
+
+    /// After the workload completed: writes the engine state the engine saved into the shadow
+    /// back to the guest image, and the guest's RING_HEAD as "consumed up to `guest_tail`"
+    /// (wrap count advanced if the ring wrapped). Returns the new RING_HEAD value.
+    pub fn write_back<M, T>(&mut self, mem: &M, xlate: &T, guest: &GuestContext) -> Result<u32, ShadowContextError>
+    where
+        M: GuestMemory + ?Sized,
+        T: GmTranslate + ?Sized,
+    {
+        self.translate_pages(xlate, guest.lrca)?;
+        let state_gpa = self.gpas.first().copied().unwrap_or(0);
+        let bad = |_| ContextError::BadGuestMemory(state_gpa);
+        let engine_ctx = self.image.get(PAGE_DWORDS + ENGINE_CONTEXT_DWORD..2 * PAGE_DWORDS).unwrap_or_default();
+        mem.write_slice(engine_ctx.as_bytes(), GuestAddress(state_gpa + 4 * ENGINE_CONTEXT_DWORD as u64))
+            .map_err(bad)?;
+        self.copy_pages(mem, true)?;
+        let r = guest.ring.ring;
+        let wrap = if r.tail < r.head { (guest.ring.head_wrap + 1) % 2048 } else { guest.ring.head_wrap };
+        let head = (wrap << 21) | r.tail;
+        let put = |i: usize, v: u32| mem.write_obj(v.to_le(), GuestAddress(state_gpa + 4 * i as u64)).map_err(bad);
+        put(idx::RING_HEAD, head)?;
+        put(idx::CONTEXT_CONTROL, self.state(idx::CONTEXT_CONTROL))?;
+        put(idx::CTX_TIMESTAMP, self.state(idx::CTX_TIMESTAMP))?;
+        if self.engine == Engine::Bcs {
+            put(0x43, self.state(0x43))?;
+        }
+        // The guest image now equals the shadow's engine state: a resubmission may skip the copy.
+        self.remember_state_part();
+        self.last = Some(Last { lrca: guest.lrca, gpas: self.gpas.clone() });
+        Ok(head)
+    }
+}
+
+/// Whether the ring context of `engine` on `gen` has the workaround-batch fields.
+const fn has_wa_fields(gen: Gen, engine: Engine) -> bool {
+    matches!(engine, Engine::Rcs) || matches!(gen, Gen::Gen9)
+}
+
+/// Writes the ring-context template (headers and register addresses) into a register-state page.
+fn write_template(state: &mut [u32], gen: Gen, engine: Engine) {
+    let base = engine.mmio_base();
+    let wa = has_wa_fields(gen, engine);
+    let mut regs: Vec<(usize, u32)> = vec![(0x01, lri(if wa { 14 } else { 11 }))];
+    let ring_regs: [(usize, u32); 11] = [
+        (0x02, 0x244),
+        (0x04, 0x34),
+        (0x06, 0x30),
+        (0x08, 0x38),
+        (0x0a, 0x3c),
+        (0x0c, 0x168),
+        (0x0e, 0x140),
+        (0x10, 0x110),
+        (0x12, 0x11c),
+        (0x14, 0x114),
+        (0x16, 0x118),
+    ];
+    regs.extend(ring_regs.iter().map(|&(i, off)| (i, base + off)));
+    if wa {
+        regs.extend([(0x18, base + 0x1c0), (0x1a, base + 0x1c4), (0x1c, base + 0x1c8)]);
+    }
+    regs.push((0x21, lri(9)));
+    regs.push((0x22, base + 0x3a8));
+    for n in 0..4u32 {
+        // PDP3 UDW first, down to PDP0 LDW.
+        let i = 0x24 + 4 * n as usize;
+        let pdp = 3 - n;
+        regs.push((i, base + 0x274 + 8 * pdp));
+        regs.push((i + 2, base + 0x270 + 8 * pdp));
+    }
+    match (gen, engine) {
+        (_, Engine::Rcs) => regs.extend([(0x41, lri(1)), (0x42, base + 0xc8)]),
+        (Gen::Gen8, _) => regs.extend([(0x41, lri(2)), (0x42, base + 0x200), (0x44, base + 0x28)]),
+        (Gen::Gen9, _) => regs.extend([(0x41, lri(1)), (0x42, base + 0x200)]),
+    }
+    for (i, v) in regs {
+        if let Some(d) = state.get_mut(i) {
+            *d = v;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,216 @@
+use super::*;
+use crate::cmd::{GmRange, GmWindows, LinearTranslation, RingSpec, ScanLimits};
+use crate::context::image::RingRegs;
+use vm_memory::GuestMemoryMmap;
+
+/// The vGPU's aperture window: GGTT 0x10_0000.. maps guest 0x0.. linearly.
+const AP: GmRange = GmRange::new(0x10_0000, 0x20_0000);
+const LRCA: u64 = 0x12_0000;
+const RCS_BASE: u32 = 0x2000;
+
+fn windows() -> GmWindows {
+    GmWindows { aperture: AP, hidden: GmRange::default() }
+}
+
+fn setup() -> (GuestMemoryMmap<()>, LinearTranslation) {
+    let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), AP.size as usize)]).unwrap();
+    let mut t = LinearTranslation::new();
+    t.map(AddrSpace::Ggtt, AP, GuestAddress(0));
+    (mem, t)
+}
+
+fn gpa(gma: u64) -> GuestAddress {
+    GuestAddress(gma - AP.base)
+}
+
+/// Writes value dword `i` of the guest's register-state page.
+fn put_state(mem: &GuestMemoryMmap<()>, i: usize, v: u32) {
+    mem.write_obj(v, gpa(LRCA + PAGE_SIZE + 4 * i as u64)).unwrap();
+}
+
+fn params(engine: Engine) -> ScanParams {
+    ScanParams {
+        gen: Gen::Gen9,
+        engine,
+        windows: windows(),
+        ring: RingSpec { start: 0, size: 4096, head: 0, tail: 0 },
+        surfaces: AddrSpace::Ppgtt,
+        hwsp: Some(LRCA),
+        limits: ScanLimits::default(),
+    }
+}
+
+fn guest(control: u32) -> GuestContext {
+    GuestContext {
+        lrca: LRCA,
+        ring: RingRegs { ring: RingSpec { start: 0x10_0000, size: 4096, head: 0xf00, tail: 0x40 }, head_wrap: 7, ctl: 1 },
+        context_control: control,
+        pdps: [0x1000, 0, 0, 0],
+        indirect_ctx: None,
+        bb_per_ctx: None,
+    }
+}
+
+fn plan() -> ShadowPlan {
+    ShadowPlan {
+        ring_start: 0x8000_0000,
+        ring_size: 0x20_0000,
+        head: 0x100,
+        tail: 0x180,
+        root: ShadowRoot::L4(0x10_0000_5000),
+        indirect_ctx: Some(0x8100_0000),
+        bb_per_ctx: Some(0x8200_0000),
+    }
+}
+
+/// A guest RCS image whose ring context holds hostile values and whose engine context is an
+/// allowed register-load list followed by saved 3D state.
+fn hostile_image(mem: &GuestMemoryMmap<()>) {
+    put_state(mem, idx::CONTEXT_CONTROL, 0x0008_0008);
+    put_state(mem, idx::RING_START, 0x1000); // outside the vGPU
+    put_state(mem, 0x0f, 0x10_4000); // a batch to resume
+    put_state(mem, 0x11, 0x20); // ... marked valid
+    put_state(mem, idx::PDP3_UDW + 14, 0x7777_0000); // a raw guest PML4
+    put_state(mem, idx::INDIRECT_CTX, 0x10_5000 | 2);
+    put_state(mem, idx::BB_PER_CTX_PTR, 0x10_6000 | 1);
+    put_state(mem, idx::INDIRECT_CTX_OFFSET, 0x26 << 6);
+    put_state(mem, idx::CTX_TIMESTAMP, 1234);
+    put_state(mem, 0x42, 0x6666); // the template's register address is kept
+    // Engine context: LRI(2) of MI_MODE and a GPR, then a 3DSTATE_CLEAR_PARAMS, then zeros.
+    let lri = [0x1100_1003, RCS_BASE + 0x9c, 0xffff_0000, RCS_BASE + 0x600, 5, 0x7804_0001, 0, 0];
+    for (k, v) in lri.iter().enumerate() {
+        put_state(mem, ENGINE_CONTEXT_DWORD + k, *v);
+    }
+    // Pages 2..21: a PIPE_CONTROL each whose flags (cache flushes) name the page.
+    for p in 2..22u64 {
+        mem.write_obj(0u32, gpa(LRCA + p * PAGE_SIZE)).unwrap();
+        mem.write_obj(0x7a00_0004u32, gpa(LRCA + p * PAGE_SIZE + 8)).unwrap(); // PIPE_CONTROL header
+        mem.write_obj([p as u32, 0, 0, 0, 0], gpa(LRCA + p * PAGE_SIZE + 12)).unwrap();
+    }
+}
+
+#[test]
+fn ring_context_is_the_hosts() {
+    let (mem, t) = setup();
+    hostile_image(&mem);
+    let mut s = ShadowContext::new(Gen::Gen9, Engine::Rcs);
+    let out = s.populate(&mem, &t, &guest(0x0008_0008), &plan(), &params(Engine::Rcs)).unwrap();
+    assert_eq!(out.pages_copied, 21);
+    assert!(!out.skipped && out.scan.is_some());
+    assert_eq!(s.state(idx::CONTEXT_CONTROL), 0xffff_0008);
+    assert_eq!(s.state(idx::RING_START), 0x8000_0000);
+    assert_eq!(s.state(idx::RING_CTL), (511 << 12) | 1);
+    assert_eq!((s.state(idx::RING_HEAD), s.state(idx::RING_TAIL)), (0x100, 0x180));
+    assert_eq!((s.state(0x0f), s.state(0x11)), (0, 0), "no guest batch is resumed");
+    assert_eq!((s.state(idx::PDP3_UDW + 12), s.state(idx::PDP3_UDW + 14)), (0x10, 0x5000));
+    assert_eq!(s.state(idx::INDIRECT_CTX), 0x8100_0000 | 2);
+    assert_eq!(s.state(idx::BB_PER_CTX_PTR), 0x8200_0000 | 1);
+    assert_eq!(s.state(idx::INDIRECT_CTX_OFFSET), 0x26 << 6);
+    assert_eq!(s.state(idx::CTX_TIMESTAMP), 1234);
+    // Template: headers and register addresses, not the guest's.
+    assert_eq!(s.state(0x01), 0x1100_101b);
+    assert_eq!(s.state(0x02), RCS_BASE + 0x244);
+    assert_eq!(s.state(0x32), RCS_BASE + 0x270);
+    assert_eq!(s.state(0x42), RCS_BASE + 0xc8);
+    // Engine context copied.
+    assert_eq!(s.state(ENGINE_CONTEXT_DWORD + 3), RCS_BASE + 0x600);
+    assert_eq!(s.image()[21 * 1024 + 3], 21);
+}
+
+#[test]
+fn copies_are_skipped_when_they_cannot_matter() {
+    let (mem, t) = setup();
+    hostile_image(&mem);
+    let mut s = ShadowContext::new(Gen::Gen9, Engine::Rcs);
+    let inhibit = s.populate(&mem, &t, &guest(0x0001_0001), &plan(), &params(Engine::Rcs)).unwrap();
+    assert_eq!((inhibit.pages_copied, inhibit.skipped, inhibit.scan), (1, true, None));
+    s.invalidate();
+    s.populate(&mem, &t, &guest(0), &plan(), &params(Engine::Rcs)).unwrap();
+    // The guest scribbles on page 5 of its (running) image: the shadow keeps the engine's state.
+    mem.write_obj(0xdead_beefu32, gpa(LRCA + 5 * PAGE_SIZE + 12)).unwrap();
+    let same = s.populate(&mem, &t, &guest(0), &plan(), &params(Engine::Rcs)).unwrap();
+    assert_eq!((same.pages_copied, same.skipped, same.scan), (1, true, None));
+    assert_eq!(s.image()[5 * 1024 + 3], 5);
+    // A change in the state page is rescanned.
+    put_state(&mem, ENGINE_CONTEXT_DWORD + 4, 6);
+    let rescanned = s.populate(&mem, &t, &guest(0), &plan(), &params(Engine::Rcs)).unwrap();
+    assert!(rescanned.skipped && rescanned.scan.is_some());
+    assert_eq!(s.state(ENGINE_CONTEXT_DWORD + 4), 6);
+}
+
+#[test]
+fn engine_context_is_scanned() {
+    let cases: [(&[u32], &str); 4] = [
+        (&[0x1100_1001, RCS_BASE + 0x80, 0x1000], "status page address"),
+        (&[0x1100_1001, RCS_BASE + 0x270, 0x1000], "page-table root"),
+        (&[0x1880_0001, 0x10_4000, 0], "batch start"),
+        (&[0x0f00_0000], "unknown command"),
+    ];
+    for (cmds, what) in cases {
+        let (mem, t) = setup();
+        hostile_image(&mem);
+        for (k, v) in cmds.iter().enumerate() {
+            put_state(&mem, ENGINE_CONTEXT_DWORD + 8 + k, *v);
+        }
+        let mut s = ShadowContext::new(Gen::Gen9, Engine::Rcs);
+        let r = s.populate(&mem, &t, &guest(0), &plan(), &params(Engine::Rcs));
+        assert!(matches!(r, Err(ShadowContextError::Scan(_))), "{what}: {r:?}");
+        // A failure forgets the last context: the next populate copies and scans again.
+        put_state(&mem, ENGINE_CONTEXT_DWORD + 8, 0);
+        let again = s.populate(&mem, &t, &guest(0), &plan(), &params(Engine::Rcs));
+        assert!(again.is_err() || !again.unwrap().skipped, "{what}");
+    }
+}
+
+#[test]
+fn write_back_reports_progress_to_the_guest() {
+    let (mem, t) = setup();
+    hostile_image(&mem);
+    let mut s = ShadowContext::new(Gen::Gen9, Engine::Rcs);
+    let g = guest(0);
+    s.populate(&mem, &t, &g, &plan(), &params(Engine::Rcs)).unwrap();
+    // The engine saves new state.
+    s.image_mut()[7 * 1024 + 3] = 0xabcd;
+    s.set_state(idx::CTX_TIMESTAMP, 99);
+    let head = s.write_back(&mem, &t, &g).unwrap();
+    assert_eq!(head, (8 << 21) | 0x40, "tail < head: the wrap count advances");
+    let read = |gma: u64| mem.read_obj::<u32>(gpa(gma)).unwrap();
+    assert_eq!(read(LRCA + PAGE_SIZE + 4 * idx::RING_HEAD as u64), head);
+    assert_eq!(read(LRCA + PAGE_SIZE + 4 * idx::CTX_TIMESTAMP as u64), 99);
+    assert_eq!(read(LRCA + 7 * PAGE_SIZE + 12), 0xabcd);
+    assert_eq!(read(LRCA + PAGE_SIZE + 4 * idx::RING_START as u64), 0x1000, "ring context not written back");
+    // Resubmitting the written-back context copies nothing and scans nothing.
+    let again = s.populate(&mem, &t, &g, &plan(), &params(Engine::Rcs)).unwrap();
+    assert_eq!((again.skipped, again.scan), (true, None));
+    // Wrap count 2047 wraps to 0.
+    let mut g2 = g;
+    g2.ring.head_wrap = 2047;
+    assert_eq!(s.write_back(&mem, &t, &g2).unwrap(), 0x40);
+}
+
+#[test]
+fn bad_plans_and_images() {
+    let (mem, t) = setup();
+    hostile_image(&mem);
+    let mut s = ShadowContext::new(Gen::Gen9, Engine::Vcs);
+    assert_eq!(s.image().len(), 2048);
+    let mut p = plan();
+    p.ring_start = 0x8000_0800;
+    assert!(matches!(s.populate(&mem, &t, &guest(0), &p, &params(Engine::Vcs)), Err(ShadowContextError::BadPlan(_))));
+    let mut g = guest(0);
+    g.lrca = AP.end() - PAGE_SIZE; // page 1 is past the window
+    assert_eq!(
+        s.populate(&mem, &t, &g, &plan(), &params(Engine::Vcs)),
+        Err(ShadowContextError::Image(ContextError::Unmapped(AP.end())))
+    );
+    // A blitter context keeps its tile register.
+    put_state(&mem, 0x43, 0x55);
+    for k in 0..8 {
+        put_state(&mem, ENGINE_CONTEXT_DWORD + k, 0);
+    }
+    let mut b = ShadowContext::new(Gen::Gen8, Engine::Bcs);
+    b.populate(&mem, &t, &guest(0), &plan(), &params(Engine::Bcs)).unwrap();
+    assert_eq!(b.state(0x43), 0x55);
+    assert_eq!(b.state(0x44), 0x22000 + 0x28, "Gen8 xCS template has RING_EXCC");
+    assert_eq!(b.state(idx::INDIRECT_CTX), 0, "Gen8 xCS has no workaround batches");
+}

@@ -90,6 +90,25 @@ impl<T: GmTranslate + ?Sized> GmTranslate for &T {
     }
 }
 
+/// GGTT addresses through one translation and PPGTT addresses through another: a vGPU's virtual
+/// GGTT beside the shadow PPGTT of the context a workload runs in.
+#[derive(Clone, Copy, Debug)]
+pub struct SplitTranslation<G, P> {
+    /// Translates [`AddrSpace::Ggtt`].
+    pub ggtt: G,
+    /// Translates [`AddrSpace::Ppgtt`].
+    pub ppgtt: P,
+}
+
+impl<G: GmTranslate, P: GmTranslate> GmTranslate for SplitTranslation<G, P> {
+    fn translate(&self, space: AddrSpace, gma: u64) -> Option<GuestAddress> {
+        match space {
+            AddrSpace::Ggtt => self.ggtt.translate(space, gma),
+            AddrSpace::Ppgtt => self.ppgtt.translate(space, gma),
+        }
+    }
+}
+
 /// A page-table-free translation: a list of linear mappings from graphics ranges to guest physical
 /// ranges, per address space. For tests, fuzzing and the `scan` command.
 #[derive(Clone, Debug, Default)]

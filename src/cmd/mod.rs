@@ -19,8 +19,10 @@ pub mod table;
 mod workload;
 
 pub use error::{BufferKind, Location, Reason, ScanError};
-pub use memory::{copy_from_gm, AddrSpace, CopyFault, GmRange, GmTranslate, GmWindows, LinearTranslation, PAGE_SIZE};
-pub use scan::{scan_context_image, scan_ring, RingSpec, ScanLimits, ScanObserver, ScanParams, Verdict};
+pub use memory::{
+    copy_from_gm, AddrSpace, CopyFault, GmRange, GmTranslate, GmWindows, LinearTranslation, SplitTranslation, PAGE_SIZE,
+};
+pub use scan::{scan_context_image, scan_dwords, scan_ring, RingSpec, ScanLimits, ScanObserver, ScanParams, Verdict};
 pub use table::{AddrField, AddrSel, CmdDesc, CommandTable, Decoded, Handler, Length};
 pub use workload::{BufferId, Events, Reloc, RootLoad, ScanStats, ScannedWorkload, ShadowBuffer};
 #[cfg(test)]

@@ -144,25 +144,31 @@ where
     T: GmTranslate + ?Sized,
     O: ScanObserver + ?Sized,
 {
-    let mut s = Scanner {
-        mem,
-        xlate,
-        p: params,
-        table: CommandTable::for_gen(params.gen),
-        obs: observer,
-        out: ScannedWorkload {
-            ring: ShadowBuffer { kind: BufferKind::Ring, dwords: Vec::new() },
-            batches: Vec::new(),
-            relocs: Vec::new(),
-            root_loads: Vec::new(),
-            events: Events::empty(),
-            stats: ScanStats::default(),
-        },
-        seen: HashMap::new(),
-        queue: Vec::new(),
-        history: fastwalk::History::new(),
-    };
+    let mut s = Scanner::new(mem, xlate, params, observer, BufferKind::Ring);
     s.copy_ring()?;
+    s.walk(0)?;
+    while let Some(id) = s.queue.pop() {
+        s.walk(id)?;
+    }
+    Ok(s.out)
+}
+
+/// Scans `dwords`, a command stream the host assembled (an indirect-context workaround batch
+/// followed by a start of the per-context batch, say), as if it were the ring: every batch it
+/// starts is copied, scanned and relocated as for [`scan_ring`]. `params.ring` is not used.
+pub fn scan_dwords<M, T>(
+    mem: &M,
+    xlate: &T,
+    params: &ScanParams,
+    dwords: Vec<u32>,
+) -> Result<ScannedWorkload, ScanError>
+where
+    M: GuestMemory + ?Sized,
+    T: GmTranslate + ?Sized,
+{
+    let mut quiet = ();
+    let mut s = Scanner::new(mem, xlate, params, &mut quiet, BufferKind::Ring);
+    s.out.ring.dwords = dwords;
     s.walk(0)?;
     while let Some(id) = s.queue.pop() {
         s.walk(id)?;
@@ -186,24 +192,8 @@ where
     M: GuestMemory + ?Sized,
     T: GmTranslate + ?Sized,
 {
-    let mut s = Scanner {
-        mem,
-        xlate,
-        p: params,
-        table: CommandTable::for_gen(params.gen),
-        obs: &mut (),
-        out: ScannedWorkload {
-            ring: ShadowBuffer { kind: BufferKind::Context, dwords: Vec::new() },
-            batches: Vec::new(),
-            relocs: Vec::new(),
-            root_loads: Vec::new(),
-            events: Events::empty(),
-            stats: ScanStats::default(),
-        },
-        seen: HashMap::new(),
-        queue: Vec::new(),
-        history: fastwalk::History::new(),
-    };
+    let mut quiet = ();
+    let mut s = Scanner::new(mem, xlate, params, &mut quiet, BufferKind::Context);
     s.walk_dwords(0, BufferKind::Context, dwords)?;
     if let Some(load) = s.out.root_loads.first() {
         let at = Location { buffer: BufferKind::Context, offset: load.dword as u64 * 4, command: None };
@@ -257,12 +247,33 @@ pub(super) struct Scanner<'a, M: ?Sized, T: ?Sized, O: ?Sized> {
     history: fastwalk::History,
 }
 
-impl<M, T, O> Scanner<'_, M, T, O>
+impl<'a, M, T, O> Scanner<'a, M, T, O>
 where
     M: GuestMemory + ?Sized,
     T: GmTranslate + ?Sized,
     O: ScanObserver + ?Sized,
 {
+    fn new(mem: &'a M, xlate: &'a T, p: &'a ScanParams, obs: &'a mut O, first: BufferKind) -> Self {
+        Scanner {
+            mem,
+            xlate,
+            p,
+            table: CommandTable::for_gen(p.gen),
+            obs,
+            out: ScannedWorkload {
+                ring: ShadowBuffer { kind: first, dwords: Vec::new() },
+                batches: Vec::new(),
+                relocs: Vec::new(),
+                root_loads: Vec::new(),
+                events: Events::empty(),
+                stats: ScanStats::default(),
+            },
+            seen: HashMap::new(),
+            queue: Vec::new(),
+            history: fastwalk::History::new(),
+        }
+    }
+
     fn ring_error(&self, reason: Reason) -> ScanError {
         ScanError { at: Location { buffer: BufferKind::Ring, offset: 0, command: None }, reason }
     }

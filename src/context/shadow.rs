@@ -247,7 +247,8 @@ impl ShadowContext {
         // Scan unless the engine will not restore the image, or nothing guest-written changed
         // since the last scan (same context, state page as scanned or as written back).
         let state_part = self.image.get(PAGE_DWORDS + ENGINE_CONTEXT_DWORD..2 * PAGE_DWORDS).unwrap_or_default();
-        if !inhibit && !(same && self.scanned_state == state_part) {
+        let unchanged = same && self.scanned_state == state_part;
+        if !(inhibit || unchanged) {
             let mut dwords = self.image.get(PAGE_DWORDS + ENGINE_CONTEXT_DWORD..).unwrap_or_default().to_vec();
             let stats = scan_context_image(mem, xlate, scan, &mut dwords).map_err(ShadowContextError::Scan)?;
             if let Some(dst) = self.image.get_mut(PAGE_DWORDS + ENGINE_CONTEXT_DWORD..) {

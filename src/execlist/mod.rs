@@ -7,11 +7,14 @@
 //! write submits. [`VirtualExeclist::submit`] validates the elements; the device model turns each
 //! into a workload and calls [`VirtualExeclist::schedule_in`] when element 0 is dispatched and
 //! [`VirtualExeclist::schedule_out`] when an element completes. Each returns the CSB events it
-//! wrote and whether to raise the engine's context-switch interrupt.
+//! wrote and whether to raise the engine's context-switch interrupt. [`create_workload`] turns a
+//! submitted descriptor into a scanned workload with its page tables shadowed.
 
 mod descriptor;
+pub mod workload;
 
 pub use descriptor::{AddressingMode, ContextDescriptor, DescriptorError};
+pub use workload::{create_workload, Workload, WorkloadError, WorkloadParams};
 
 use vm_memory::{Bytes, GuestMemory};
 

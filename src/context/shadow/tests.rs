@@ -43,7 +43,11 @@ fn params(engine: Engine) -> ScanParams {
 fn guest(control: u32) -> GuestContext {
     GuestContext {
         lrca: LRCA,
-        ring: RingRegs { ring: RingSpec { start: 0x10_0000, size: 4096, head: 0xf00, tail: 0x40 }, head_wrap: 7, ctl: 1 },
+        ring: RingRegs {
+            ring: RingSpec { start: 0x10_0000, size: 4096, head: 0xf00, tail: 0x40 },
+            head_wrap: 7,
+            ctl: 1,
+        },
         context_control: control,
         pdps: [0x1000, 0, 0, 0],
         indirect_ctx: None,
@@ -76,7 +80,7 @@ fn hostile_image(mem: &GuestMemoryMmap<()>) {
     put_state(mem, idx::INDIRECT_CTX_OFFSET, 0x26 << 6);
     put_state(mem, idx::CTX_TIMESTAMP, 1234);
     put_state(mem, 0x42, 0x6666); // the template's register address is kept
-    // Engine context: LRI(2) of MI_MODE and a GPR, then a 3DSTATE_CLEAR_PARAMS, then zeros.
+                                  // Engine context: LRI(2) of MI_MODE and a GPR, then a 3DSTATE_CLEAR_PARAMS, then zeros.
     let lri = [0x1100_1003, RCS_BASE + 0x9c, 0xffff_0000, RCS_BASE + 0x600, 5, 0x7804_0001, 0, 0];
     for (k, v) in lri.iter().enumerate() {
         put_state(mem, ENGINE_CONTEXT_DWORD + k, *v);

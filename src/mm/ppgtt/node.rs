@@ -54,7 +54,10 @@ pub(super) struct Node {
     mapped: [u64; ENTRIES / 64],
     refs: u32,
     pub(super) dirty: bool,
-    epoch: u64,
+    /// The pin (epoch) that built it: nothing to re-validate in that pin.
+    created: u64,
+    /// The last pin whose re-validation walk reached it.
+    visited: u64,
     tracked: bool,
 }
 
@@ -160,7 +163,8 @@ impl ShadowPpgtt {
             mapped: [0; ENTRIES / 64],
             refs: 1,
             dirty: false,
-            epoch: self.epoch,
+            created: self.epoch,
+            visited: 0,
             tracked: false,
         };
         self.stats.tables += 1;
@@ -482,7 +486,8 @@ impl ShadowPpgtt {
         Ok(())
     }
 
-    /// Re-validates every untracked guest table reachable from `top` (once per pin).
+    /// Re-validates every untracked guest table reachable from `top` (once per pin). Tables built
+    /// in this pin are current but are walked through: they may share older tables below them.
     pub(super) fn revalidate_from<M, H>(&mut self, mem: &M, host: &mut H, top: &[u32; 4]) -> Result<(), PpgttError>
     where
         M: GuestMemory + ?Sized,
@@ -492,26 +497,23 @@ impl ShadowPpgtt {
         let mut stack = Vec::new();
         for id in top.iter().filter_map(|t| t.checked_sub(1)) {
             if let Some(n) = self.node_mut(id) {
-                if n.epoch != epoch {
-                    n.epoch = epoch;
+                if n.visited != epoch {
+                    n.visited = epoch;
                     stack.push(id);
                 }
             }
         }
         while let Some(id) = stack.pop() {
             let Some(n) = self.node(id) else { continue };
-            if n.key.is_none() {
-                continue;
-            }
-            if !n.tracked {
+            if !n.tracked && n.created != epoch {
                 self.resync(mem, host, id)?;
             }
             let Some(n) = self.node(id) else { continue };
             let kids: Vec<u32> = n.kids.iter().filter_map(|k| k.checked_sub(1)).collect();
             for kid in kids {
                 if let Some(k) = self.node_mut(kid) {
-                    if k.epoch != epoch && k.key.is_some() {
-                        k.epoch = epoch;
+                    if k.visited != epoch && k.key.is_some() {
+                        k.visited = epoch;
                         stack.push(kid);
                     }
                 }

@@ -4,10 +4,10 @@
 
 use std::collections::HashMap;
 
-use vm_memory::GuestAddress;
+use vm_memory::{Bytes, GuestAddress, GuestMemory, Permissions};
 
 use super::entry::{self, ADDR_MASK, ENTRIES, IPS_64K, PRESENT, PS};
-use super::{ShadowMemory, ShadowRoot};
+use super::{PpgttRoot, ShadowMemory, ShadowRoot};
 use crate::mm::DmaMapper;
 
 /// Where guest page `gpa` appears to the GPU: `gpa + HOST_OFFSET`.
@@ -164,5 +164,45 @@ impl ShadowMemory for HostTables {
                 *slot = e;
             }
         }
+    }
+}
+
+/// The reference the shadow must agree with: where a walk of the guest's own tables for `gma`
+/// ends, applying the shadow's validation rules (an entry naming memory the guest does not own
+/// maps nothing). `Some(gpa)` for a guest page, `None` where the shadow must map scratch.
+pub fn guest_walk<M: GuestMemory + ?Sized>(mem: &M, root: PpgttRoot, gma: u64) -> Option<u64> {
+    let owns = |a: u64, len: u64| {
+        usize::try_from(len).is_ok_and(|n| mem.check_range(GuestAddress(a), n, Permissions::ReadWrite))
+    };
+    let read = |t: u64, i: usize| mem.read_obj::<u64>(GuestAddress(t + 8 * i as u64)).ok().map(u64::from_le);
+    let (mut table, mut level) = match root.normalized() {
+        PpgttRoot::L4(a) if gma >> 48 == 0 => (a, 4u8),
+        PpgttRoot::L3(p) if gma >> 32 == 0 => (*p.get(entry::index(3, gma) & 3)?, 2),
+        _ => return None,
+    };
+    if table == 0 || !owns(table, 4096) {
+        return None;
+    }
+    let mut ips = false;
+    loop {
+        let i = entry::index(level, gma);
+        let e = read(table, if ips { i & !15 } else { i })?;
+        if e & PRESENT == 0 {
+            return None;
+        }
+        if ips {
+            let a = e & ADDR_MASK & !0xffff;
+            return owns(a, 0x10000).then_some(a | (gma & 0xffff));
+        }
+        if entry::is_leaf(level, e) {
+            let a = e & entry::leaf_addr_mask(level);
+            return owns(a, entry::span(level)).then_some(a | (gma & (entry::span(level) - 1)));
+        }
+        if !owns(e & ADDR_MASK, 4096) {
+            return None;
+        }
+        ips = level == 2 && e & IPS_64K != 0;
+        table = e & ADDR_MASK;
+        level -= 1;
     }
 }

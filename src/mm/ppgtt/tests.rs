@@ -273,41 +273,6 @@ fn host_failures_leave_no_leak() {
 const TABLES: u64 = 10;
 const MEM: u64 = 4 * MB;
 
-/// Where a guest walk of `gma` ends: a guest page (and the offset in it), or scratch.
-fn reference(mem: &GuestMemoryMmap<()>, root: PpgttRoot, gma: u64) -> Option<u64> {
-    let owns = |a: u64, len: u64| mem.check_range(GuestAddress(a), len as usize, Permissions::ReadWrite);
-    let read = |t: u64, i: usize| mem.read_obj::<u64>(GuestAddress(t + 8 * i as u64)).unwrap();
-    let (mut table, mut level) = match root {
-        PpgttRoot::L4(a) => (a, 4u8),
-        PpgttRoot::L3(p) => (p[entry::index(3, gma) & 3], 2),
-    };
-    if table == 0 || !owns(table, 4096) {
-        return None;
-    }
-    let mut ips = false;
-    loop {
-        let i = entry::index(level, gma);
-        let e = read(table, if ips { i & !15 } else { i });
-        if e & PRESENT == 0 {
-            return None;
-        }
-        if ips {
-            let a = e & ADDR_MASK & !0xffff;
-            return owns(a, 0x10000).then_some(a | (gma & 0xffff));
-        }
-        if entry::is_leaf(level, e) {
-            let a = e & entry::leaf_addr_mask(level);
-            return owns(a, entry::span(level)).then_some(a | (gma & (entry::span(level) - 1)));
-        }
-        if !owns(e & ADDR_MASK, 4096) {
-            return None;
-        }
-        ips = level == 2 && e & IPS_64K != 0;
-        table = e & ADDR_MASK;
-        level -= 1;
-    }
-}
-
 fn entry_value() -> impl Strategy<Value = u64> {
     let table = (1..=TABLES, any::<bool>(), any::<bool>())
         .prop_map(|(t, ips, ps)| (t * 4096) | P | if ips { IPS_64K } else { 0 } | if ps { PS } else { 0 });
@@ -341,7 +306,7 @@ fn check(mem: &GuestMemoryMmap<()>, c: &ShadowPpgtt, h: &HostTables, root: Ppgtt
     for &g in gmas {
         let g = if matches!(root, PpgttRoot::L3(_)) { g & 0xffff_ffff } else { g };
         let got = h.walk(s, g).expect("every shadow walk ends at a page");
-        match reference(mem, root, g) {
+        match testing::guest_walk(mem, root, g) {
             Some(gpa) => assert_eq!(got, HostTables::host_of(gpa), "gma {g:#x}"),
             None => assert_eq!(got, scratch + (g & 0xfff), "gma {g:#x} should be scratch"),
         }
@@ -350,7 +315,7 @@ fn check(mem: &GuestMemoryMmap<()>, c: &ShadowPpgtt, h: &HostTables, root: Ppgtt
             "gma {g:#x} reaches {got:#x} outside the guest"
         );
         let via_translation = c.translator(root).translate(AddrSpace::Ppgtt, g).map(|a| a.0);
-        assert_eq!(via_translation, reference(mem, root, g));
+        assert_eq!(via_translation, testing::guest_walk(mem, root, g));
     }
 }
 
@@ -363,7 +328,7 @@ proptest! {
     #[test]
     fn shadow_maps_only_the_owners_memory(
         first in writes(), second in writes(), gmas in prop::collection::vec(gma(), 64),
-        l3 in any::<bool>(), contiguous in any::<bool>(), root_table in 1..=TABLES,
+        l3 in any::<bool>(), contiguous in any::<bool>(), root_table in 1..=TABLES, tracked in any::<bool>(),
     ) {
         let m = mem(MEM);
         apply(&m, &first);
@@ -371,11 +336,17 @@ proptest! {
                    else { PpgttRoot::L4(root_table * 4096) };
         let mut h = HostTables::default();
         h.contiguous = contiguous;
-        let mut c = cache(&mut h);
+        // Either every table page is tracked and each guest write reported (a write-protecting
+        // VMM), or nothing is tracked and pins re-validate.
+        let tracker: Box<dyn PageTracker> = if tracked { Box::new(Tracker::default()) } else { Box::new(Revalidate) };
+        let mut c = ShadowPpgtt::new(&mut h, PpgttLimits::default(), tracker).unwrap();
         let s = c.pin(&m, &mut h, root).unwrap();
         check(&m, &c, &h, root, s, &gmas);
         c.unpin(&mut h, root).unwrap();
         apply(&m, &second);
+        for &(t, i, _) in &second {
+            c.page_written(GuestAddress(t * 4096 + 8 * i));
+        }
         let s = c.pin(&m, &mut h, root).unwrap();
         check(&m, &c, &h, root, s, &gmas);
         c.unpin(&mut h, root).unwrap();

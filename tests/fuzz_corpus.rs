@@ -8,7 +8,12 @@ use std::path::PathBuf;
 type Target = fn(&[u8]) -> Result<bool, String>;
 
 fn targets() -> Vec<(&'static str, Target)> {
-    vec![("scan", shadowgpu::cmd::fuzzing::scan_bytes)]
+    vec![
+        ("scan", shadowgpu::cmd::fuzzing::scan_bytes),
+        ("elsp", shadowgpu::execlist::fuzzing::elsp_bytes),
+        ("ggtt", shadowgpu::mm::fuzzing::ggtt_bytes),
+        ("ppgtt", shadowgpu::mm::fuzzing::ppgtt_bytes),
+    ]
 }
 
 fn corpus(name: &str) -> PathBuf {
@@ -39,7 +44,16 @@ fn corpora_replay_without_violations() {
 #[test]
 #[ignore]
 fn write_seed_corpus() {
-    for (i, s) in shadowgpu::cmd::fuzzing::seeds().iter().enumerate() {
-        std::fs::write(corpus("scan").join(format!("seed-{i}")), s).unwrap();
+    let (ggtt, ppgtt) = shadowgpu::mm::fuzzing::seeds();
+    let sets = [
+        ("scan", shadowgpu::cmd::fuzzing::seeds()),
+        ("elsp", shadowgpu::execlist::fuzzing::seeds()),
+        ("ggtt", ggtt),
+        ("ppgtt", ppgtt),
+    ];
+    for (name, seeds) in sets {
+        for (i, s) in seeds.iter().enumerate() {
+            std::fs::write(corpus(name).join(format!("seed-{i}")), s).unwrap();
+        }
     }
 }

@@ -11,6 +11,7 @@
 //! submitted descriptor into a scanned workload with its page tables shadowed.
 
 mod descriptor;
+pub mod fuzzing;
 pub mod workload;
 
 pub use descriptor::{AddressingMode, ContextDescriptor, DescriptorError};

@@ -4,6 +4,7 @@
 //! `ggtt` keeps each vGPU's GGTT entries and mirrors them into the host GGTT; `ppgtt` shadows
 //! the guest's per-process page tables (see docs/architecture.md).
 
+pub mod fuzzing;
 pub mod ggtt;
 pub mod partition;
 pub mod ppgtt;

@@ -145,6 +145,15 @@ pub(crate) fn walk(rule: &Rule, dw: &[u32], start: usize, h: &mut History) -> Wa
     let mut out = Walked { end: start, ..Walked::default() };
     let mut p = start;
     while let Some(&head) = dw.get(p) {
+        if head == 0 {
+            // A run of MI_NOOP (padding, zeroed pages): counted in one pass, kept out of the
+            // history so it neither evicts the commands worth predicting nor costs a prediction
+            // per dword.
+            let run = dw.get(p..).map_or(0, |rest| rest.iter().position(|&d| d != 0).unwrap_or(rest.len()));
+            out.noops += run as u64;
+            p += run;
+            continue;
+        }
         if let Some(j) = h.seen(head) {
             // Expect the commands that followed `head` then to follow now: their positions come
             // from the remembered lengths; each is verified against the buffer. The history is

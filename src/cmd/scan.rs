@@ -471,7 +471,12 @@ where
             self.obs.command(kind, i as u64 * 4, desc, cmd, verdict);
             i += len;
             if let Flow::End = flow {
-                dwords.truncate(i);
+                match kind {
+                    BufferKind::Batch { .. } => dwords.truncate(i), // the shadow ends at the batch's end
+                    // A context image keeps its size; what follows its end is not scanned, so
+                    // it becomes MI_NOOP whether or not the engine would read past the end.
+                    _ => dwords.get_mut(i..).unwrap_or_default().fill(0),
+                }
                 return Ok(());
             }
         }

@@ -84,13 +84,21 @@ struct Last {
     gpas: Vec<u64>,
 }
 
+/// Dwords of the image before the engine context: page 0 and the ring context.
+const RING_PART: usize = PAGE_DWORDS + ENGINE_CONTEXT_DWORD;
+/// Dwords of the engine context that lie in the register-state page.
+const STATE_PART: usize = PAGE_DWORDS - ENGINE_CONTEXT_DWORD;
+
 /// One vGPU's shadow context image for one engine.
 #[derive(Clone, Debug)]
 pub struct ShadowContext {
     gen: Gen,
     engine: Engine,
-    /// The image, page 0 (status page) included, as dwords.
-    image: Vec<u32>,
+    /// The image up to the engine context: page 0 (status page) and the ring context.
+    ring: Vec<u32>,
+    /// The engine context: register-state page from dword 0x50, then pages 2..N-1. Kept apart so
+    /// the scanner works on it in place.
+    engine_ctx: Vec<u32>,
     last: Option<Last>,
     /// The engine-context part of the register-state page as last scanned or written back.
     scanned_state: Vec<u32>,
@@ -101,30 +109,44 @@ impl ShadowContext {
     /// A shadow context for `engine` on `gen`, holding the host's ring-context template.
     pub fn new(gen: Gen, engine: Engine) -> Self {
         let dwords = (context_size(gen, engine) / 4) as usize;
-        let mut image = vec![0u32; dwords];
-        if let Some(state) = image.get_mut(PAGE_DWORDS..2 * PAGE_DWORDS) {
+        let mut ring = vec![0u32; RING_PART];
+        if let Some(state) = ring.get_mut(PAGE_DWORDS..) {
             write_template(state, gen, engine);
         }
-        ShadowContext { gen, engine, image, last: None, scanned_state: Vec::new(), gpas: Vec::new() }
+        let engine_ctx = vec![0u32; dwords.saturating_sub(RING_PART)];
+        ShadowContext { gen, engine, ring, engine_ctx, last: None, scanned_state: Vec::new(), gpas: Vec::new() }
     }
 
     /// The image (dwords), as the engine loads it.
-    pub fn image(&self) -> &[u32] {
-        &self.image
+    pub fn image(&self) -> Vec<u32> {
+        [&self.ring[..], &self.engine_ctx[..]].concat()
     }
 
-    /// The image for the engine to save into (the software GPU writes the saved state here).
-    pub fn image_mut(&mut self) -> &mut [u32] {
-        &mut self.image
+    /// The image in its two parts, without copying: page 0 and the ring context (dwords
+    /// `0..0x450`), then the engine context.
+    pub fn parts(&self) -> (&[u32], &[u32]) {
+        (&self.ring, &self.engine_ctx)
+    }
+
+    /// Dword `i` of the image for the engine to save into (the software GPU saves state here).
+    pub fn image_dword_mut(&mut self, i: usize) -> Option<&mut u32> {
+        match i.checked_sub(RING_PART) {
+            None => self.ring.get_mut(i),
+            Some(e) => self.engine_ctx.get_mut(e),
+        }
     }
 
     /// Value dword `i` of the register-state page.
     pub fn state(&self, i: usize) -> u32 {
-        self.image.get(PAGE_DWORDS + i).copied().unwrap_or(0)
+        let d = match i.checked_sub(ENGINE_CONTEXT_DWORD) {
+            None => self.ring.get(PAGE_DWORDS + i),
+            Some(e) => self.engine_ctx.get(e),
+        };
+        d.copied().unwrap_or(0)
     }
 
     fn set_state(&mut self, i: usize, v: u32) {
-        if let Some(d) = self.image.get_mut(PAGE_DWORDS + i) {
+        if let Some(d) = self.image_dword_mut(PAGE_DWORDS + i) {
             *d = v;
         }
     }
@@ -136,7 +158,7 @@ impl ShadowContext {
     }
 
     fn remember_state_part(&mut self) {
-        let part = self.image.get(PAGE_DWORDS + ENGINE_CONTEXT_DWORD..2 * PAGE_DWORDS).unwrap_or_default();
+        let part = self.engine_ctx.get(..STATE_PART).unwrap_or_default();
         self.scanned_state.clear();
         self.scanned_state.extend_from_slice(part);
     }
@@ -201,18 +223,28 @@ impl ShadowContext {
         // Register-state page: the engine context from the guest, the ring context from the template.
         let mut out = Populated::default();
         let state_gpa = self.gpas.first().copied().unwrap_or(0);
-        let state = self.image.get_mut(PAGE_DWORDS + ENGINE_CONTEXT_DWORD..2 * PAGE_DWORDS).unwrap_or_default();
+        // One read of the guest's ring context (the few values taken from it) and one of the
+        // engine-context part of the page, straight into the shadow.
+        let mut ring_ctx = [0u32; ENGINE_CONTEXT_DWORD];
+        mem.read_slice(ring_ctx.as_mut_bytes(), GuestAddress(state_gpa))
+            .map_err(|_| ContextError::BadGuestMemory(state_gpa))?;
+        let state = self.engine_ctx.get_mut(..STATE_PART).unwrap_or_default();
         let at = GuestAddress(state_gpa + 4 * ENGINE_CONTEXT_DWORD as u64);
         mem.read_slice(state.as_mut_bytes(), at).map_err(|_| ContextError::BadGuestMemory(state_gpa))?;
         out.pages_copied = 1;
-        let raw = |mem: &M, i: usize| -> Result<u32, ContextError> {
-            let v: u32 = mem
-                .read_obj(GuestAddress(state_gpa + 4 * i as u64))
-                .map_err(|_| ContextError::BadGuestMemory(state_gpa))?;
-            Ok(u32::from_le(v))
+        let engine_ctx = &self.engine_ctx;
+        let guest_state = |i: usize| {
+            let v = match i.checked_sub(ENGINE_CONTEXT_DWORD) {
+                None => ring_ctx.get(i),
+                Some(e) => engine_ctx.get(e),
+            };
+            v.copied().map_or(0, u32::from_le)
         };
-        self.set_state(idx::CONTEXT_CONTROL, raw(mem, idx::CONTEXT_CONTROL)? | MASK_ALL);
-        self.set_state(idx::CTX_TIMESTAMP, raw(mem, idx::CTX_TIMESTAMP)?);
+        let (control, timestamp) = (guest_state(idx::CONTEXT_CONTROL), guest_state(idx::CTX_TIMESTAMP));
+        let (guest_indirect, guest_per_ctx) = (guest_state(idx::INDIRECT_CTX), guest_state(idx::BB_PER_CTX_PTR));
+        let (indirect_offset, tile) = (guest_state(idx::INDIRECT_CTX_OFFSET), guest_state(0x43));
+        self.set_state(idx::CONTEXT_CONTROL, control | MASK_ALL);
+        self.set_state(idx::CTX_TIMESTAMP, timestamp);
         self.set_state(idx::RING_HEAD, plan.head & 0x001f_fffc);
         self.set_state(idx::RING_TAIL, plan.tail & 0x001f_fff8);
         self.set_state(idx::RING_START, plan.ring_start as u32);
@@ -221,13 +253,11 @@ impl ShadowContext {
             self.set_state(i, 0); // batch state: never resume a guest batch
         }
         if has_wa_fields(self.gen, self.engine) {
-            let guest_indirect = raw(mem, idx::INDIRECT_CTX)?;
-            let guest_per_ctx = raw(mem, idx::BB_PER_CTX_PTR)?;
             let indirect = plan.indirect_ctx.map_or(0, |a| (a as u32 & 0xffff_ffc0) | (guest_indirect & 0x3f));
             let per_ctx = plan.bb_per_ctx.map_or(0, |a| (a as u32 & 0xffff_f000) | (guest_per_ctx & 0xfff));
             self.set_state(idx::INDIRECT_CTX, indirect);
             self.set_state(idx::BB_PER_CTX_PTR, per_ctx);
-            self.set_state(idx::INDIRECT_CTX_OFFSET, raw(mem, idx::INDIRECT_CTX_OFFSET)?);
+            self.set_state(idx::INDIRECT_CTX_OFFSET, indirect_offset);
         }
         for (n, pdp) in plan.root.pdps().iter().enumerate() {
             let udw = idx::PDP3_UDW + 4 * (3 - n);
@@ -235,7 +265,7 @@ impl ShadowContext {
             self.set_state(udw + 2, *pdp as u32);
         }
         if self.engine == Engine::Bcs {
-            self.set_state(0x43, raw(mem, 0x43)?);
+            self.set_state(0x43, tile);
         }
 
         // The rest of the engine context.
@@ -246,14 +276,10 @@ impl ShadowContext {
         }
         // Scan unless the engine will not restore the image, or nothing guest-written changed
         // since the last scan (same context, state page as scanned or as written back).
-        let state_part = self.image.get(PAGE_DWORDS + ENGINE_CONTEXT_DWORD..2 * PAGE_DWORDS).unwrap_or_default();
+        let state_part = self.engine_ctx.get(..STATE_PART).unwrap_or_default();
         let unchanged = same && self.scanned_state == state_part;
         if !(inhibit || unchanged) {
-            let mut dwords = self.image.get(PAGE_DWORDS + ENGINE_CONTEXT_DWORD..).unwrap_or_default().to_vec();
-            let stats = scan_context_image(mem, xlate, scan, &mut dwords).map_err(ShadowContextError::Scan)?;
-            if let Some(dst) = self.image.get_mut(PAGE_DWORDS + ENGINE_CONTEXT_DWORD..) {
-                dst.copy_from_slice(&dwords);
-            }
+            let stats = scan_context_image(mem, xlate, scan, &mut self.engine_ctx).map_err(ShadowContextError::Scan)?;
             out.scan = Some(stats);
         }
         self.remember_state_part();
@@ -271,8 +297,9 @@ impl ShadowContext {
             while self.gpas.get(p + run).is_some_and(|&g| Some(g) == start.checked_add(run as u64 * PAGE_SIZE)) {
                 run += 1;
             }
-            let first = (p + 1) * PAGE_DWORDS;
-            let Some(chunk) = self.image.get_mut(first..first + run * PAGE_DWORDS) else { break };
+            // Image page p + 1 starts in the engine context at (p + 1) * 1024 - RING_PART.
+            let first = (p + 1) * PAGE_DWORDS - RING_PART;
+            let Some(chunk) = self.engine_ctx.get_mut(first..first + run * PAGE_DWORDS) else { break };
             let r = if back {
                 mem.write_slice(chunk.as_bytes(), GuestAddress(start))
             } else {
@@ -296,7 +323,7 @@ impl ShadowContext {
         self.translate_pages(xlate, guest.lrca)?;
         let state_gpa = self.gpas.first().copied().unwrap_or(0);
         let bad = |_| ContextError::BadGuestMemory(state_gpa);
-        let engine_ctx = self.image.get(PAGE_DWORDS + ENGINE_CONTEXT_DWORD..2 * PAGE_DWORDS).unwrap_or_default();
+        let engine_ctx = self.engine_ctx.get(..STATE_PART).unwrap_or_default();
         mem.write_slice(engine_ctx.as_bytes(), GuestAddress(state_gpa + 4 * ENGINE_CONTEXT_DWORD as u64))
             .map_err(bad)?;
         self.copy_pages(mem, true)?;

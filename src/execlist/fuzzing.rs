@@ -24,7 +24,7 @@ pub fn elsp_bytes(data: &[u8]) -> Result<bool, String> {
     let [sel, n, rest @ ..] = data else { return Ok(false) };
     let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), MEM as usize)]).map_err(|e| e.to_string())?;
     let poke = |gpa: u32, v: u32| {
-        let _ = mem.write_obj(v.to_le(), GuestAddress(u64::from(gpa) % MEM & !3));
+        let _ = mem.write_obj(v.to_le(), GuestAddress((u64::from(gpa) % MEM) & !3));
     };
     let (writes, ops) = rest.split_at(rest.len().min(usize::from(*n) * 8));
     for w in writes.chunks_exact(8) {

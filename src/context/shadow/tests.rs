@@ -167,6 +167,18 @@ fn engine_context_is_scanned() {
 }
 
 #[test]
+fn batch_end_in_the_image_keeps_its_size() {
+    let (mem, t) = setup();
+    hostile_image(&mem);
+    put_state(&mem, ENGINE_CONTEXT_DWORD + 8, 0x0500_0000); // MI_BATCH_BUFFER_END
+    let mut s = ShadowContext::new(Gen::Gen9, Engine::Rcs);
+    s.populate(&mem, &t, &guest(0), &plan(), &params(Engine::Rcs)).unwrap();
+    assert_eq!(s.image().len(), 22 * 1024);
+    assert_eq!(s.parts().1.len(), 22 * 1024 - 0x450);
+    assert_eq!(s.image()[21 * 1024 + 3], 0, "what follows the end is not scanned, so it is not loaded");
+}
+
+#[test]
 fn write_back_reports_progress_to_the_guest() {
     let (mem, t) = setup();
     hostile_image(&mem);
@@ -174,7 +186,7 @@ fn write_back_reports_progress_to_the_guest() {
     let g = guest(0);
     s.populate(&mem, &t, &g, &plan(), &params(Engine::Rcs)).unwrap();
     // The engine saves new state.
-    s.image_mut()[7 * 1024 + 3] = 0xabcd;
+    *s.image_dword_mut(7 * 1024 + 3).unwrap() = 0xabcd;
     s.set_state(idx::CTX_TIMESTAMP, 99);
     let head = s.write_back(&mem, &t, &g).unwrap();
     assert_eq!(head, (8 << 21) | 0x40, "tail < head: the wrap count advances");

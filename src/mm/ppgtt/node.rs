@@ -432,6 +432,10 @@ impl ShadowPpgtt {
         fresh.resize(ENTRIES, 0);
         read_table(mem, key.gpa, &mut fresh);
         self.stats.revalidations += 1;
+        if self.node(id).is_some_and(|n| n.guest[..] == fresh[..]) {
+            self.buf = fresh; // unchanged: the common case, one comparison
+            return Ok(());
+        }
         let step = if ips { 16 } else { 1 };
         let mut result = Ok(());
         for (i, &new) in fresh.iter().enumerate().step_by(step) {

@@ -328,7 +328,8 @@ impl ShadowContext {
             .map_err(bad)?;
         self.copy_pages(mem, true)?;
         let r = guest.ring.ring;
-        let wrap = if r.tail < r.head { (guest.ring.head_wrap + 1) % 2048 } else { guest.ring.head_wrap };
+        let wrap =
+            if r.tail < r.head { guest.ring.head_wrap.wrapping_add(1) % 2048 } else { guest.ring.head_wrap % 2048 };
         let head = (wrap << 21) | r.tail;
         let put = |i: usize, v: u32| mem.write_obj(v.to_le(), GuestAddress(state_gpa + 4 * i as u64)).map_err(bad);
         put(idx::RING_HEAD, head)?;

@@ -157,6 +157,18 @@ impl ShadowContext {
         self.scanned_state.clear();
     }
 
+    /// Records the context at `lrca`, whose image pages are `self.gpas`, as the one the shadow holds.
+    fn remember_context(&mut self, lrca: u64) {
+        match &mut self.last {
+            Some(l) if l.lrca == lrca && l.gpas == self.gpas => {}
+            Some(l) => {
+                l.lrca = lrca;
+                l.gpas.clone_from(&self.gpas);
+            }
+            None => self.last = Some(Last { lrca, gpas: self.gpas.clone() }),
+        }
+    }
+
     fn remember_state_part(&mut self) {
         let part = self.engine_ctx.get(..STATE_PART).unwrap_or_default();
         self.scanned_state.clear();
@@ -278,12 +290,18 @@ impl ShadowContext {
         // since the last scan (same context, state page as scanned or as written back).
         let state_part = self.engine_ctx.get(..STATE_PART).unwrap_or_default();
         let unchanged = same && self.scanned_state == state_part;
-        if !(inhibit || unchanged) {
+        if inhibit {
+            // Neither copied nor scanned: nothing here may count as this context's checked image
+            // until the engine has saved into it and it was written back.
+            self.invalidate();
+            return Ok(out);
+        }
+        if !unchanged {
             let stats = scan_context_image(mem, xlate, scan, &mut self.engine_ctx).map_err(ShadowContextError::Scan)?;
             out.scan = Some(stats);
+            self.remember_state_part();
         }
-        self.remember_state_part();
-        self.last = Some(Last { lrca: guest.lrca, gpas: self.gpas.clone() });
+        self.remember_context(guest.lrca);
         Ok(out)
     }
 
@@ -340,7 +358,7 @@ impl ShadowContext {
         }
         // The guest image now equals the shadow's engine state: a resubmission may skip the copy.
         self.remember_state_part();
-        self.last = Some(Last { lrca: guest.lrca, gpas: self.gpas.clone() });
+        self.remember_context(guest.lrca);
         Ok(head)
     }
 }

@@ -143,6 +143,22 @@ fn copies_are_skipped_when_they_cannot_matter() {
 }
 
 #[test]
+fn a_restore_inhibit_populate_marks_nothing_as_scanned() {
+    let (mem, t) = setup();
+    hostile_image(&mem);
+    // A register the allow-list denies, in the state page of a restore-inhibit submission: not
+    // scanned (the engine will not restore it) ...
+    put_state(&mem, ENGINE_CONTEXT_DWORD + 8, 0x1100_1001);
+    put_state(&mem, ENGINE_CONTEXT_DWORD + 9, RCS_BASE + 0x80);
+    let mut s = ShadowContext::new(Gen::Gen9, Engine::Rcs);
+    s.populate(&mem, &t, &guest(0x0001_0001), &plan(), &params(Engine::Rcs)).unwrap();
+    // ... so the same context resubmitted without inhibit, before any write-back, is copied and
+    // scanned in full.
+    let r = s.populate(&mem, &t, &guest(0), &plan(), &params(Engine::Rcs));
+    assert!(matches!(r, Err(ShadowContextError::Scan(_))), "{r:?}");
+}
+
+#[test]
 fn engine_context_is_scanned() {
     let cases: [(&[u32], &str); 4] = [
         (&[0x1100_1001, RCS_BASE + 0x80, 0x1000], "status page address"),

@@ -22,6 +22,7 @@ pub use error::{BufferKind, Location, Reason, ScanError};
 pub use memory::{
     copy_from_gm, AddrSpace, CopyFault, GmRange, GmTranslate, GmWindows, LinearTranslation, SplitTranslation, PAGE_SIZE,
 };
+pub(crate) use scan::fault_reason;
 pub use scan::{scan_context_image, scan_dwords, scan_ring, RingSpec, ScanLimits, ScanObserver, ScanParams, Verdict};
 pub use table::{AddrField, AddrSel, CmdDesc, CommandTable, Decoded, Handler, Length};
 pub use workload::{BufferId, Events, Reloc, RootLoad, ScanStats, ScannedWorkload, ShadowBuffer};

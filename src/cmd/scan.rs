@@ -146,11 +146,7 @@ where
 {
     let mut s = Scanner::new(mem, xlate, params, observer, BufferKind::Ring);
     s.copy_ring()?;
-    s.walk(0)?;
-    while let Some(id) = s.queue.pop() {
-        s.walk(id)?;
-    }
-    Ok(s.out)
+    s.walk_all()
 }
 
 /// Scans `dwords`, a command stream the host assembled (an indirect-context workaround batch
@@ -169,11 +165,7 @@ where
     let mut quiet = ();
     let mut s = Scanner::new(mem, xlate, params, &mut quiet, BufferKind::Ring);
     s.out.ring.dwords = dwords;
-    s.walk(0)?;
-    while let Some(id) = s.queue.pop() {
-        s.walk(id)?;
-    }
-    Ok(s.out)
+    s.walk_all()
 }
 
 /// Scans `dwords`, the engine-context part of a context image (from dword 0x50 of the
@@ -272,6 +264,15 @@ where
             queue: Vec::new(),
             history: fastwalk::History::new(),
         }
+    }
+
+    /// Scans the ring shadow, then every batch it reaches, and returns the workload.
+    fn walk_all(mut self) -> Result<ScannedWorkload, ScanError> {
+        self.walk(0)?;
+        while let Some(id) = self.queue.pop() {
+            self.walk(id)?;
+        }
+        Ok(self.out)
     }
 
     fn ring_error(&self, reason: Reason) -> ScanError {
@@ -483,7 +484,7 @@ where
     }
 }
 
-pub(super) fn fault_reason(space: AddrSpace, f: CopyFault) -> Reason {
+pub(crate) fn fault_reason(space: AddrSpace, f: CopyFault) -> Reason {
     match f {
         CopyFault::Unmapped(gma) => Reason::Unmapped { space, gma },
         CopyFault::BadGuestAddress(gpa) => Reason::BadGuestMemory(gpa),

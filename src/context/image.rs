@@ -43,6 +43,12 @@ pub fn context_size(gen: Gen, engine: Engine) -> u64 {
     pages * PAGE_SIZE
 }
 
+/// Whether the ring context of `engine` on `gen` has the workaround-batch fields (indirect
+/// context, per-context batch): render on Gen8, every engine on Gen9.
+pub(crate) const fn has_wa_fields(gen: Gen, engine: Engine) -> bool {
+    matches!(engine, Engine::Rcs) || matches!(gen, Gen::Gen9)
+}
+
 /// Errors reading a guest context.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ContextError {
@@ -139,7 +145,7 @@ where
         let udw = idx::PDP3_UDW + 4 * (3 - n);
         *p = u64::from(reg(udw)) << 32 | u64::from(reg(udw + 2));
     }
-    let wa_batches = engine == Engine::Rcs || gen == Gen::Gen9;
+    let wa_batches = has_wa_fields(gen, engine);
     let indirect = reg(idx::INDIRECT_CTX);
     let indirect_ctx = match (wa_batches, u64::from(indirect & 0xffff_ffc0), u64::from(indirect & 0x3f) * 64) {
         (true, addr, size) if size > 0 => {

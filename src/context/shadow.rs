@@ -17,7 +17,7 @@
 use vm_memory::{Bytes, GuestAddress, GuestMemory};
 use zerocopy::IntoBytes;
 
-use super::image::{context_size, idx, ContextError, GuestContext};
+use super::image::{context_size, has_wa_fields, idx, ContextError, GuestContext};
 use crate::cmd::{scan_context_image, AddrSpace, GmTranslate, ScanError, ScanParams, ScanStats, PAGE_SIZE};
 use crate::hw::{Engine, Gen};
 use crate::mm::ShadowRoot;
@@ -361,11 +361,6 @@ impl ShadowContext {
         self.remember_context(guest.lrca);
         Ok(head)
     }
-}
-
-/// Whether the ring context of `engine` on `gen` has the workaround-batch fields.
-const fn has_wa_fields(gen: Gen, engine: Engine) -> bool {
-    matches!(engine, Engine::Rcs) || matches!(gen, Gen::Gen9)
 }
 
 /// Writes the ring-context template (headers and register addresses) into a register-state page.

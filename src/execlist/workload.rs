@@ -11,9 +11,10 @@
 use vm_memory::GuestMemory;
 
 use super::descriptor::{AddressingMode, ContextDescriptor, DescriptorError};
+use crate::cmd::fault_reason;
 use crate::cmd::{
-    copy_from_gm, scan_dwords, scan_ring, AddrSpace, CopyFault, GmTranslate, GmWindows, ScanError, ScanLimits,
-    ScanParams, ScannedWorkload, SplitTranslation,
+    copy_from_gm, scan_dwords, scan_ring, AddrSpace, GmTranslate, GmWindows, ScanError, ScanLimits, ScanParams,
+    ScannedWorkload, SplitTranslation,
 };
 use crate::context::{read_guest_context, ContextError, GuestContext};
 use crate::hw::{Engine, Gen};
@@ -134,7 +135,9 @@ where
         if let Some((addr, size)) = guest.indirect_ctx {
             dwords.resize((size / 4) as usize, 0u32);
             copy_from_gm(mem, ggtt, AddrSpace::Ggtt, addr, zerocopy::IntoBytes::as_mut_bytes(dwords.as_mut_slice()))
-                .map_err(|f| WorkloadError::WaBatch(fault_text("indirect context", f)))?;
+                .map_err(|f| {
+                    WorkloadError::WaBatch(format!("indirect context: {}", fault_reason(AddrSpace::Ggtt, f)))
+                })?;
             for d in dwords.iter_mut() {
                 *d = u32::from_le(*d);
             }
@@ -147,13 +150,6 @@ where
         None
     };
     Ok((ring, wa))
-}
-
-fn fault_text(what: &str, f: CopyFault) -> String {
-    match f {
-        CopyFault::Unmapped(a) => format!("{what}: ggtt {a:#x} is not mapped"),
-        CopyFault::BadGuestAddress(a) => format!("{what}: guest address {a:#x} is not guest memory"),
-    }
 }
 
 #[cfg(test)]

@@ -4,5 +4,6 @@
 pub mod cmd;
 pub mod context;
 pub mod execlist;
+pub mod host;
 pub mod hw;
 pub mod mm;

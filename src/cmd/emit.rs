@@ -210,7 +210,7 @@ impl CmdBuf {
 
     /// XY_FAST_COPY_BLT, 32 bpp, linear.
     pub fn xy_fast_copy(&mut self, dst: u64, dst_pitch: u16, src: u64, src_pitch: u16, w: u16, h: u16) -> &mut Self {
-        let dw1 = 2 << 24 | u32::from(dst_pitch);
+        let dw1 = 3 << 24 | u32::from(dst_pitch); // colour depth 3: 32 bpp
         let br = u32::from(h) << 16 | u32::from(w);
         self.raw(&[0x5080_0008, dw1, 0, br, lo(dst), hi(dst), 0, u32::from(src_pitch), lo(src), hi(src)])
     }

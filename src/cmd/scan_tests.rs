@@ -331,6 +331,7 @@ fn batches_chains_and_second_level() {
         let buf = w.buffer(r.buffer).unwrap();
         assert_eq!(buf.dwords[r.dword + 1], 0x4000_0000 + (r.target as u32) * 0x1000);
         assert_eq!(buf.dwords[r.dword + 2], 0);
+        assert_eq!(buf.dwords[r.dword] & (1 << 8), 0, "shadow batches are GGTT batches");
     }
 }
 

@@ -34,6 +34,9 @@ impl ShadowBuffer {
     }
 }
 
+/// Address-space bit of MI_BATCH_BUFFER_START (set: PPGTT).
+const MI_BATCH_BUFFER_START_PPGTT: u32 = 1 << 8;
+
 /// Index of a buffer in a [`ScannedWorkload`]: 0 is the ring, `i + 1` is `batches[i]`.
 pub type BufferId = usize;
 
@@ -108,8 +111,9 @@ impl ScannedWorkload {
     }
 
     /// Points every batch start at the shadow batches. `place` is called once per batch, in order,
-    /// and returns the graphics address (in the batch's own address space) where that shadow batch
-    /// will be visible to the engine.
+    /// and returns the GGTT address where that shadow batch will be visible to the engine: shadow
+    /// batches live in the host's part of the GGTT, so each start becomes a GGTT start (the copy
+    /// was scanned under the rules of its original space, which the host executes it by).
     pub fn relocate(&mut self, mut place: impl FnMut(usize, &ShadowBuffer) -> u64) {
         let addrs: Vec<u64> = self.batches.iter().enumerate().map(|(i, b)| place(i, b)).collect();
         for r in self.relocs.clone() {
@@ -117,6 +121,9 @@ impl ScannedWorkload {
                 continue;
             };
             if let Some(buf) = self.buffer_mut(r.buffer) {
+                if let Some(dw0) = buf.dwords.get_mut(r.dword) {
+                    *dw0 &= !MI_BATCH_BUFFER_START_PPGTT;
+                }
                 if let Some(lo) = buf.dwords.get_mut(r.dword + 1) {
                     *lo = (addr as u32) & !3;
                 }

@@ -85,7 +85,7 @@ struct Last {
 }
 
 /// Dwords of the image before the engine context: page 0 and the ring context.
-const RING_PART: usize = PAGE_DWORDS + ENGINE_CONTEXT_DWORD;
+pub(crate) const RING_PART: usize = PAGE_DWORDS + ENGINE_CONTEXT_DWORD;
 /// Dwords of the engine context that lie in the register-state page.
 const STATE_PART: usize = PAGE_DWORDS - ENGINE_CONTEXT_DWORD;
 
@@ -126,6 +126,11 @@ impl ShadowContext {
     /// `0..0x450`), then the engine context.
     pub fn parts(&self) -> (&[u32], &[u32]) {
         (&self.ring, &self.engine_ctx)
+    }
+
+    /// The two parts, mutable, for an engine that loads and saves the image in place.
+    pub fn parts_mut(&mut self) -> (&mut [u32], &mut [u32]) {
+        (&mut self.ring, &mut self.engine_ctx)
     }
 
     /// Dword `i` of the image for the engine to save into (the software GPU saves state here).

@@ -90,6 +90,35 @@ impl ShadowRoot {
     }
 }
 
+/// Walks shadow tables from `root` to the host address of `gma`, reading entry `i` of the table
+/// at host address `table` with `entry`. `None` if an entry on the way is not present or `gma` is
+/// outside the root's range. 64 KiB page tables (IPS) use every 16th entry, as the hardware does.
+pub fn walk_tables(root: ShadowRoot, gma: u64, mut entry: impl FnMut(u64, usize) -> Option<u64>) -> Option<u64> {
+    let (mut table, mut level) = match root {
+        ShadowRoot::L4(t) if gma >> 48 == 0 => (t, 4u8),
+        ShadowRoot::L3(p) if gma >> 32 == 0 => (*p.get(index(3, gma) & 3)?, 2u8),
+        _ => return None,
+    };
+    let mut ips = false;
+    loop {
+        let i = if level == 1 && ips { index(1, gma) & !15 } else { index(level, gma) };
+        let e = entry(table & ADDR_MASK, i)?;
+        if e & PRESENT == 0 {
+            return None;
+        }
+        if level == 1 {
+            let (mask, off) = if ips { (ADDR_MASK & !0xffff, 0xffff) } else { (ADDR_MASK, 0xfff) };
+            return Some((e & mask) | (gma & off));
+        }
+        if (level == 2 || level == 3) && e & PS != 0 {
+            return Some((e & leaf_addr_mask(level)) | (gma & (span(level) - 1)));
+        }
+        ips = level == 2 && e & IPS_64K != 0;
+        table = e & ADDR_MASK;
+        level -= 1;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use vm_memory::{Bytes, GuestAddress, GuestMemory, Permissions};
 
-use super::entry::{self, ADDR_MASK, ENTRIES, IPS_64K, PRESENT, PS};
+use super::entry::{self, ADDR_MASK, ENTRIES, IPS_64K, PRESENT};
 use super::{PpgttRoot, ShadowMemory, ShadowRoot};
 use crate::mm::DmaMapper;
 
@@ -54,29 +54,7 @@ impl HostTables {
     /// walk at a 1 GiB or 2 MiB page, IPS in a PD entry makes its page table one of 64 KiB pages.
     /// `None` when an entry is not present or a table pointer names no allocated table (a bug).
     pub fn walk(&self, root: ShadowRoot, gma: u64) -> Option<u64> {
-        let (mut table, mut level) = match root {
-            ShadowRoot::L4(t) if gma >> 48 == 0 => (t, 4u8),
-            ShadowRoot::L3(p) if gma >> 32 == 0 => (*p.get(entry::index(3, gma) & 3)?, 2u8),
-            _ => return None,
-        };
-        let mut ips = false;
-        loop {
-            let i = if level == 1 && ips { entry::index(1, gma) & !15 } else { entry::index(level, gma) };
-            let e = self.entry(table & ADDR_MASK, i)?;
-            if e & PRESENT == 0 {
-                return None;
-            }
-            if level == 1 {
-                let (mask, off) = if ips { (ADDR_MASK & !0xffff, 0xffff) } else { (ADDR_MASK, 0xfff) };
-                return Some((e & mask) | (gma & off));
-            }
-            if (level == 2 || level == 3) && e & PS != 0 {
-                return Some((e & entry::leaf_addr_mask(level)) | (gma & (entry::span(level) - 1)));
-            }
-            ips = level == 2 && e & IPS_64K != 0;
-            table = e & ADDR_MASK;
-            level -= 1;
-        }
+        entry::walk_tables(root, gma, |table, i| self.entry(table, i))
     }
 
     fn take_budget(&mut self) -> Result<(), String> {

@@ -1,0 +1,686 @@
+//! The software GPU's command streamer: context restore and save, the ring and two batch levels,
+//! and the MI commands it really executes. Blits are in [`super::blit`].
+
+use std::collections::HashMap;
+
+use super::cost::CostModel;
+use super::memory::{MemFault, MemView, SimMemory};
+use crate::cmd::{AddrSpace, CmdDesc, CommandTable, Decoded, Handler};
+use crate::host::RunReport;
+use crate::hw::{Engine, Gen};
+use crate::mm::ShadowRoot;
+
+/// Register offsets relative to the engine base.
+pub mod reg {
+    /// RING_TAIL.
+    pub const RING_TAIL: u32 = 0x30;
+    /// RING_HEAD.
+    pub const RING_HEAD: u32 = 0x34;
+    /// RING_START.
+    pub const RING_START: u32 = 0x38;
+    /// RING_CTL.
+    pub const RING_CTL: u32 = 0x3c;
+    /// HWS_PGA (the engine's global status page).
+    pub const HWS_PGA: u32 = 0x80;
+    /// BB_PER_CTX_PTR.
+    pub const BB_PER_CTX_PTR: u32 = 0x1c0;
+    /// INDIRECT_CTX.
+    pub const INDIRECT_CTX: u32 = 0x1c4;
+    /// PDP0 lower dword (PDPn at + 8n, upper dword at + 4).
+    pub const PDP0_LDW: u32 = 0x270;
+    /// TIMESTAMP, low dword.
+    pub const TIMESTAMP: u32 = 0x358;
+    /// CTX_TIMESTAMP.
+    pub const CTX_TIMESTAMP: u32 = 0x3a8;
+    /// CS_GPR0 lower dword (16 × 64-bit).
+    pub const GPR0: u32 = 0x600;
+}
+
+/// MMIO offsets are 23 bits, dword aligned.
+const REG_MASK: u32 = 0x7f_fffc;
+/// Longest command the streamer fetches (video commands have 12-bit length fields).
+const MAX_CMD_DWORDS: usize = 4098;
+
+/// Why execution stopped early.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) enum Stop {
+    /// Past the hang timeout.
+    Hang(&'static str),
+    /// A fault.
+    Fault(String),
+}
+
+impl From<MemFault> for Stop {
+    fn from(f: MemFault) -> Self {
+        Stop::Fault(f.to_string())
+    }
+}
+
+/// What a command does to the flow of the stream.
+enum Flow {
+    Next,
+    End,
+    Start { addr: u64, space: AddrSpace, second: bool },
+}
+
+/// The persistent state of one engine: its registers and clock.
+#[derive(Debug)]
+pub(super) struct EngineCore {
+    pub engine: Engine,
+    pub gen: Gen,
+    regs: HashMap<u32, u32>,
+    /// Total engine time since creation (the TIMESTAMP clock).
+    pub clock_ns: u64,
+    /// MI_MATH's internal registers: SRCA, SRCB, ACCU, ZF, CF.
+    alu: [u64; 5],
+}
+
+impl EngineCore {
+    pub fn new(engine: Engine, gen: Gen) -> Self {
+        EngineCore { engine, gen, regs: HashMap::new(), clock_ns: 0, alu: [0; 5] }
+    }
+
+    /// Power-on state: every register 0.
+    pub fn reset(&mut self) {
+        self.regs.clear();
+        self.alu = [0; 5];
+    }
+
+    fn base(&self) -> u32 {
+        self.engine.mmio_base()
+    }
+
+    /// Engine clock ticks for `ns` (12.5 MHz on Gen8, 12 MHz on Gen9).
+    fn ticks(&self, ns: u64) -> u64 {
+        match self.gen {
+            Gen::Gen8 => ns / 80,
+            Gen::Gen9 => ns.saturating_mul(3) / 250,
+        }
+    }
+
+    pub fn read(&self, r: u32) -> u32 {
+        let r = r & REG_MASK;
+        let off = r.wrapping_sub(self.base());
+        if off == reg::TIMESTAMP || off == reg::TIMESTAMP + 4 {
+            let t = self.ticks(self.clock_ns);
+            return if off == reg::TIMESTAMP { t as u32 } else { (t >> 32) as u32 };
+        }
+        self.regs.get(&r).copied().unwrap_or(0)
+    }
+
+    pub fn write(&mut self, r: u32, v: u32) {
+        self.regs.insert(r & REG_MASK, v);
+    }
+
+    fn rel(&self, off: u32) -> u32 {
+        self.read(self.base() + off)
+    }
+
+    fn gpr(&self, n: u32) -> u64 {
+        let r = self.base() + reg::GPR0 + 8 * n;
+        u64::from(self.read(r)) | u64::from(self.read(r + 4)) << 32
+    }
+
+    fn set_gpr(&mut self, n: u32, v: u64) {
+        let r = self.base() + reg::GPR0 + 8 * n;
+        self.write(r, v as u32);
+        self.write(r + 4, (v >> 32) as u32);
+    }
+}
+
+/// Where the streamer fetches the next command.
+#[derive(Clone, Copy)]
+enum Cursor {
+    Ring { start: u64, size: u64, off: u64 },
+    Linear { space: AddrSpace, addr: u64 },
+}
+
+/// One run of the engine.
+pub(super) struct Exec<'a> {
+    pub mem: &'a SimMemory,
+    pub core: &'a mut EngineCore,
+    pub cost: &'a CostModel,
+    table: &'static CommandTable,
+    pub ppgtt: Option<ShadowRoot>,
+    /// GGTT address of the running context's per-process status page.
+    pub pphwsp: u64,
+    pub ns: u64,
+    pub report: RunReport,
+    /// GGTT address (or ring position) of the command executing, for reports.
+    pub at: u64,
+    buf: Vec<u32>,
+}
+
+fn addr64(lo: u32, hi: u32) -> u64 {
+    (u64::from(lo) | u64::from(hi) << 32) & 0x0000_ffff_ffff_fffc
+}
+
+fn space_of(ggtt: bool) -> AddrSpace {
+    if ggtt {
+        AddrSpace::Ggtt
+    } else {
+        AddrSpace::Ppgtt
+    }
+}
+
+impl<'a> Exec<'a> {
+    pub fn new(mem: &'a SimMemory, core: &'a mut EngineCore, cost: &'a CostModel) -> Self {
+        let table = CommandTable::for_gen(core.gen);
+        Exec { mem, core, cost, table, ppgtt: None, pphwsp: 0, ns: 0, report: RunReport::default(), at: 0, buf: vec![] }
+    }
+
+    /// Charges engine time; past the timeout the workload is hung.
+    pub fn charge(&mut self, ns: u64, what: &'static str) -> Result<(), Stop> {
+        self.ns = self.ns.saturating_add(ns);
+        self.core.clock_ns = self.core.clock_ns.saturating_add(ns);
+        if self.ns > self.cost.hang_timeout_ns {
+            return Err(Stop::Hang(what));
+        }
+        Ok(())
+    }
+
+    /// Charges the memory traffic of a command.
+    pub fn charge_bytes(&mut self, bytes: u64) -> Result<(), Stop> {
+        self.report.bytes_moved = self.report.bytes_moved.saturating_add(bytes);
+        self.charge(self.cost.bytes_ns(bytes), "moving memory")
+    }
+
+    /// Fetches the command at `cur` into `self.buf`; returns its length in dwords.
+    fn fetch(&mut self, view: &MemView<'_>, cur: Cursor) -> Result<u64, Stop> {
+        let read_at = |off: u64, out: &mut [u8]| -> Result<(), MemFault> {
+            match cur {
+                Cursor::Linear { space, addr } => view.read(space, addr.wrapping_add(off), out),
+                Cursor::Ring { start, size, off: o } => {
+                    // Split at the end of the ring.
+                    let pos = (o + off) % size;
+                    let first = ((size - pos) as usize).min(out.len());
+                    let (a, b) = out.split_at_mut(first);
+                    view.read(AddrSpace::Ggtt, start + pos, a)?;
+                    if !b.is_empty() {
+                        view.read(AddrSpace::Ggtt, start, b)?;
+                    }
+                    Ok(())
+                }
+            }
+        };
+        let mut b = [0u8; 4];
+        read_at(0, &mut b)?;
+        let dw0 = u32::from_le_bytes(b);
+        let (_, len) = self.table.decode_with_len(self.core.engine, dw0);
+        let len = (len.max(1) as usize).min(MAX_CMD_DWORDS);
+        let mut buf = std::mem::take(&mut self.buf);
+        buf.clear();
+        buf.resize(len, 0);
+        let r = read_at(0, zerocopy::IntoBytes::as_mut_bytes(buf.as_mut_slice()));
+        for d in buf.iter_mut() {
+            *d = u32::from_le(*d);
+        }
+        self.buf = buf;
+        r?;
+        Ok(len as u64)
+    }
+
+    /// Runs the ring from `head` to `tail` (byte offsets); returns the final head.
+    pub fn run_ring(&mut self, start: u64, size: u64, head: u64, tail: u64) -> Result<u64, Stop> {
+        let mut off = head % size.max(1);
+        while off != tail {
+            self.at = start + off;
+            let mut view = self.mem.view(self.ppgtt);
+            let step = self.fetch(&view, Cursor::Ring { start, size, off }).and_then(|len| {
+                off = (off + 4 * len) % size;
+                self.execute(&mut view)
+            });
+            self.mem.finish(view);
+            match step? {
+                Flow::Next => {}
+                Flow::End => return Err(Stop::Fault("MI_BATCH_BUFFER_END in the ring".into())),
+                Flow::Start { addr, space, second } => self.run_batches(addr, space, second)?,
+            }
+        }
+        Ok(off)
+    }
+
+    /// Engine clock ticks of this run so far.
+    pub fn ns_ticks(&self) -> u32 {
+        self.core.ticks(self.ns) as u32
+    }
+
+    /// Runs `len` bytes of commands at GGTT `addr` (the indirect-context batch); batch starts in
+    /// it call batches that return here.
+    pub fn run_buffer(&mut self, addr: u64, len: u64) -> Result<(), Stop> {
+        let end = addr.saturating_add(len);
+        let mut at = addr;
+        while at < end {
+            self.at = at;
+            let mut view = self.mem.view(self.ppgtt);
+            let step = self.fetch(&view, Cursor::Linear { space: AddrSpace::Ggtt, addr: at }).and_then(|n| {
+                at = at.saturating_add(4 * n);
+                self.execute(&mut view)
+            });
+            self.mem.finish(view);
+            match step? {
+                Flow::Next => {}
+                Flow::End => return Ok(()),
+                Flow::Start { addr, space, second } => self.run_batches(addr, space, second)?,
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs a batch started from a ring (first level) until it returns.
+    pub fn run_batches(&mut self, addr: u64, space: AddrSpace, _second: bool) -> Result<(), Stop> {
+        // [unused, level 1, level 2] fetch positions.
+        let mut ptr = [(space, 0u64); 3];
+        ptr[1] = (space, addr);
+        let mut level = 1usize;
+        loop {
+            let Some(&(sp, at)) = ptr.get(level) else { return Err(Stop::Fault("batch level".into())) };
+            self.at = at;
+            let mut view = self.mem.view(self.ppgtt);
+            let step = self.fetch(&view, Cursor::Linear { space: sp, addr: at }).and_then(|len| {
+                if let Some(p) = ptr.get_mut(level) {
+                    p.1 = at.wrapping_add(4 * len);
+                }
+                self.execute(&mut view)
+            });
+            self.mem.finish(view);
+            match step? {
+                Flow::Next => {}
+                Flow::End if level == 2 => level = 1,
+                Flow::End => return Ok(()),
+                Flow::Start { addr, space, second } => {
+                    level = if second { 2 } else { 1 };
+                    if let Some(p) = ptr.get_mut(level) {
+                        *p = (space, addr);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Runs a context image's engine part (a list of register loads, ended by
+    /// MI_BATCH_BUFFER_END or its end) and records where each loaded value sits, for the save.
+    pub fn restore(&mut self, image: &[u32], first: usize, slots: &mut Vec<(usize, u32)>) -> Result<(), Stop> {
+        let mut i = first;
+        while let Some(&dw0) = image.get(i) {
+            if dw0 == 0 {
+                i += 1;
+                continue;
+            }
+            let (d, len) = self.table.decode_with_len(self.core.engine, dw0);
+            let len = len.max(1) as usize;
+            match d {
+                Decoded::Command(desc) if desc.handler == Handler::Lri => {
+                    let mut j = i + 1;
+                    while j + 1 < i + len {
+                        if let (Some(&r), Some(&v)) = (image.get(j), image.get(j + 1)) {
+                            self.core.write(r, v);
+                            slots.push((j + 1, r & REG_MASK));
+                        }
+                        j += 2;
+                    }
+                    self.charge(self.cost.mi_ns / 8 * (len as u64 / 2), "restoring the context")?;
+                }
+                Decoded::Command(desc) if desc.handler == Handler::BbEnd => return Ok(()),
+                Decoded::Command(desc) => {
+                    let cmd = image.get(i..(i + len).min(image.len())).unwrap_or_default();
+                    self.charge(self.cost.modelled_ns(desc.name, cmd), "restoring the context")?;
+                }
+                _ => return Err(Stop::Fault(format!("context image dword {i}: command {dw0:#010x} not executable"))),
+            }
+            i += len;
+        }
+        Ok(())
+    }
+
+    fn read_reg(&self, r: u32) -> u32 {
+        let off = (r & REG_MASK).wrapping_sub(self.core.base());
+        if off == reg::CTX_TIMESTAMP {
+            return self.core.rel(reg::CTX_TIMESTAMP).wrapping_add(self.core.ticks(self.ns) as u32);
+        }
+        self.core.read(r)
+    }
+
+    /// Executes the command in `self.buf`.
+    fn execute(&mut self, view: &mut MemView<'a>) -> Result<Flow, Stop> {
+        let cmd = std::mem::take(&mut self.buf);
+        let r = self.execute_cmd(view, &cmd);
+        self.buf = cmd;
+        self.report.commands += 1;
+        r
+    }
+
+    fn execute_cmd(&mut self, view: &mut MemView<'a>, cmd: &[u32]) -> Result<Flow, Stop> {
+        let d = |i: usize| cmd.get(i).copied().unwrap_or(0);
+        let dw0 = d(0);
+        if dw0 == 0 {
+            self.charge(self.cost.noop_ns, "MI_NOOP")?;
+            return Ok(Flow::Next);
+        }
+        let desc: &CmdDesc = match self.table.decode(self.core.engine, dw0) {
+            Decoded::Command(desc) => desc,
+            _ => return Err(Stop::Fault(format!("command {dw0:#010x} is not executable on {}", self.core.engine))),
+        };
+        let mi = self.cost.mi_ns;
+        let ggtt22 = dw0 & (1 << 22) != 0;
+        match desc.handler {
+            Handler::UserInterrupt => {
+                self.report.interrupts += 1;
+                self.charge(mi, "MI_USER_INTERRUPT")?;
+            }
+            Handler::WaitForEvent | Handler::ReportHead | Handler::ReportPerfCount | Handler::UrbMem => {
+                self.charge(mi, desc.name)?;
+            }
+            Handler::BbStart => {
+                self.charge(mi, "MI_BATCH_BUFFER_START")?;
+                let space = if dw0 & (1 << 8) != 0 { AddrSpace::Ppgtt } else { AddrSpace::Ggtt };
+                return Ok(Flow::Start { addr: addr64(d(1), d(2)), space, second: dw0 & (1 << 22) != 0 });
+            }
+            Handler::BbEnd => {
+                self.charge(mi, "MI_BATCH_BUFFER_END")?;
+                return Ok(Flow::End);
+            }
+            Handler::CondBbEnd => {
+                self.charge(mi, "MI_CONDITIONAL_BATCH_BUFFER_END")?;
+                let (space, addr) = (space_of(ggtt22), addr64(d(2), d(3)));
+                let mut value = view.read_u32(space, addr)?;
+                if dw0 & (1 << 19) != 0 {
+                    value &= view.read_u32(space, addr + 4)?;
+                }
+                if value <= d(1) {
+                    return Ok(Flow::End);
+                }
+            }
+            Handler::Lri => {
+                let mut i = 1;
+                while let (Some(&r), Some(&v)) = (cmd.get(i), cmd.get(i + 1)) {
+                    self.core.write(r, v);
+                    i += 2;
+                }
+                self.charge(mi + mi / 4 * (cmd.len() as u64 / 2), "MI_LOAD_REGISTER_IMM")?;
+            }
+            Handler::Lrr => {
+                let v = self.read_reg(d(1));
+                self.core.write(d(2), v);
+                self.charge(mi, "MI_LOAD_REGISTER_REG")?;
+            }
+            Handler::Lrm => {
+                let v = view.read_u32(space_of(ggtt22), addr64(d(2), d(3)))?;
+                self.core.write(d(1), v);
+                self.charge(mi, "MI_LOAD_REGISTER_MEM")?;
+                self.charge_bytes(4)?;
+            }
+            Handler::Srm => {
+                let v = self.read_reg(d(1));
+                view.write_u32(space_of(ggtt22), addr64(d(2), d(3)), v)?;
+                self.charge(mi, "MI_STORE_REGISTER_MEM")?;
+                self.charge_bytes(4)?;
+            }
+            Handler::StoreDataImm => {
+                let (space, addr) = (space_of(ggtt22), addr64(d(1), d(2)));
+                let data = cmd.get(3..).unwrap_or_default();
+                for (i, v) in data.iter().enumerate() {
+                    view.write_u32(space, addr + 4 * i as u64, *v)?;
+                }
+                self.charge(mi, "MI_STORE_DATA_IMM")?;
+                self.charge_bytes(4 * data.len() as u64)?;
+            }
+            Handler::RsStoreDataImm => self.charge(mi, desc.name)?,
+            _ if desc.name == "MI_STORE_DATA_INDEX" => {
+                let base = if dw0 & (1 << 21) != 0 { self.pphwsp } else { u64::from(self.core.rel(reg::HWS_PGA)) };
+                let at = (base & !0xfff) + u64::from(d(1) & 0xffc);
+                let data = cmd.get(2..).unwrap_or_default();
+                for (i, v) in data.iter().enumerate() {
+                    view.write_u32(AddrSpace::Ggtt, at + 4 * i as u64, *v)?;
+                }
+                self.charge(mi, "MI_STORE_DATA_INDEX")?;
+            }
+            Handler::FlushDw => {
+                self.charge(mi, "MI_FLUSH_DW")?;
+                if dw0 & (1 << 8) != 0 {
+                    self.report.interrupts += 1;
+                }
+                let post = (dw0 >> 14) & 3;
+                let qword = cmd.len() >= 5;
+                let (space, addr) = (space_of(d(1) & 4 != 0), addr64(d(1) & !7, d(2)));
+                let imm = u64::from(d(3)) | u64::from(d(4)) << 32;
+                self.post_sync(view, post, space, addr, imm, qword)?;
+            }
+            Handler::PipeControl => {
+                self.charge(mi, "PIPE_CONTROL")?;
+                let dw1 = d(1);
+                if dw1 & (1 << 8) != 0 {
+                    self.report.interrupts += 1;
+                }
+                let post = (dw1 >> 14) & 3;
+                let (space, addr) = (space_of(dw1 & (1 << 24) != 0), addr64(d(2), d(3)));
+                let imm = u64::from(d(4)) | u64::from(d(5)) << 32;
+                self.post_sync(view, post, space, addr, imm, true)?;
+            }
+            Handler::SemaphoreWait => return self.semaphore_wait(view, cmd),
+            Handler::Atomic => self.atomic(view, cmd)?,
+            Handler::CopyMemMem => {
+                let src = view.read_u32(space_of(ggtt22), addr64(d(3), d(4)))?;
+                view.write_u32(space_of(dw0 & (1 << 21) != 0), addr64(d(1), d(2)), src)?;
+                self.charge(mi, "MI_COPY_MEM_MEM")?;
+                self.charge_bytes(8)?;
+            }
+            Handler::Blit(kind) => self.blit(view, kind, cmd)?,
+            Handler::Generic if desc.name == "MI_MATH" => self.math(cmd.get(1..).unwrap_or_default())?,
+            Handler::Generic => {
+                let ns = self.cost.modelled_ns(desc.name, cmd);
+                self.charge(ns, "modelled command")?;
+            }
+            Handler::Reject(_) => return Err(Stop::Fault(format!("{} is not modelled", desc.name))),
+        }
+        Ok(Flow::Next)
+    }
+
+    /// The post-sync write of MI_FLUSH_DW / PIPE_CONTROL: 1 immediate, 2 depth count, 3 timestamp.
+    fn post_sync(
+        &mut self,
+        view: &mut MemView<'a>,
+        post: u32,
+        space: AddrSpace,
+        addr: u64,
+        imm: u64,
+        qword: bool,
+    ) -> Result<(), Stop> {
+        let value = match post {
+            0 => return Ok(()),
+            1 => imm,
+            2 => 0, // no pixels were drawn by this model
+            _ => self.core.ticks(self.core.clock_ns),
+        };
+        if qword || post != 1 {
+            view.write_u64(space, addr, value)?;
+            self.charge_bytes(8)
+        } else {
+            view.write_u32(space, addr, value as u32)?;
+            self.charge_bytes(4)
+        }
+    }
+
+    fn semaphore_wait(&mut self, view: &mut MemView<'a>, cmd: &[u32]) -> Result<Flow, Stop> {
+        let d = |i: usize| cmd.get(i).copied().unwrap_or(0);
+        let (space, addr, sdd) = (space_of(d(0) & (1 << 22) != 0), addr64(d(2), d(3)), d(1));
+        let op = (d(0) >> 12) & 7;
+        self.charge(self.cost.mi_ns, "MI_SEMAPHORE_WAIT")?;
+        loop {
+            let sad = view.read_u32(space, addr)?;
+            let met = match op {
+                0 => sad > sdd,
+                1 => sad >= sdd,
+                2 => sad < sdd,
+                3 => sad <= sdd,
+                4 => sad == sdd,
+                5 => sad != sdd,
+                _ => return Err(Stop::Fault(format!("MI_SEMAPHORE_WAIT compare operation {op} is reserved"))),
+            };
+            if met {
+                return Ok(Flow::Next);
+            }
+            // Another engine or the CPU may signal: let them run between polls.
+            self.charge(self.cost.semaphore_poll_ns, "MI_SEMAPHORE_WAIT that is never signalled")?;
+            let ppgtt = self.ppgtt;
+            let old = std::mem::replace(view, self.mem.view(ppgtt));
+            self.mem.finish(old);
+            std::thread::yield_now();
+        }
+    }
+
+    fn atomic(&mut self, view: &mut MemView<'a>, cmd: &[u32]) -> Result<(), Stop> {
+        let d = |i: usize| cmd.get(i).copied().unwrap_or(0);
+        let dw0 = d(0);
+        let (space, addr) = (space_of(dw0 & (1 << 22) != 0), addr64(d(1), d(2)));
+        let op = (dw0 >> 8) & 0xff;
+        let size = match op >> 4 {
+            0 => 4usize,
+            2 => 8,
+            4 => 16,
+            _ => return Err(Stop::Fault(format!("MI_ATOMIC opcode {op:#x} is reserved"))),
+        };
+        let mask = if size == 16 { u128::MAX } else { (1u128 << (8 * size)) - 1 };
+        // Operands: inline (dwords 3.. alternate operand 1 and 2 per dword) or CS_GPR0 / CS_GPR1.
+        let (op1, op2) = if dw0 & (1 << 18) != 0 {
+            let mut a = 0u128;
+            let mut b = 0u128;
+            for k in 0..4u32 {
+                a |= u128::from(d(3 + 2 * k as usize)) << (32 * k);
+                b |= u128::from(d(4 + 2 * k as usize)) << (32 * k);
+            }
+            (a & mask, b & mask)
+        } else {
+            let g = |n| u128::from(self.core.gpr(n));
+            ((g(0) | g(1) << 64) & mask, (g(2) | g(3) << 64) & mask)
+        };
+        let mut bytes = [0u8; 16];
+        let cell = bytes.get_mut(..size).unwrap_or_default();
+        view.read(space, addr, cell)?;
+        let old = u128::from_le_bytes(bytes);
+        let bit = (8 * size - 1) as u32;
+        let signed = |v: u128| -> i128 { ((v << (127 - bit)) as i128) >> (127 - bit) };
+        let new = match op & 0xf {
+            0x1 => old & op1,
+            0x2 => old | op1,
+            0x3 => old ^ op1,
+            0x4 => op1,
+            0x5 => old.wrapping_add(1),
+            0x6 | 0xf => old.wrapping_sub(1),
+            0x7 => old.wrapping_add(op1),
+            0x8 => old.wrapping_sub(op1),
+            0x9 => op1.wrapping_sub(old),
+            0xa => {
+                if signed(op1) > signed(old) {
+                    op1
+                } else {
+                    old
+                }
+            }
+            0xb => {
+                if signed(op1) < signed(old) {
+                    op1
+                } else {
+                    old
+                }
+            }
+            0xc => old.max(op1),
+            0xd => old.min(op1),
+            0xe => {
+                if old == op1 {
+                    op2
+                } else {
+                    old
+                }
+            }
+            _ => return Err(Stop::Fault(format!("MI_ATOMIC opcode {op:#x} is reserved"))),
+        } & mask;
+        if size == 16 && op != 0x4e {
+            return Err(Stop::Fault(format!("MI_ATOMIC opcode {op:#x} is reserved")));
+        }
+        let out = new.to_le_bytes();
+        view.write(space, addr, out.get(..size).unwrap_or_default())?;
+        if dw0 & (1 << 16) != 0 {
+            // Return data: the value before the operation, in CS_GPR0 (and GPR1 for 16 bytes).
+            self.core.set_gpr(0, old as u64);
+            if size == 16 {
+                self.core.set_gpr(1, (old >> 64) as u64);
+            }
+        }
+        self.charge(self.cost.mi_ns, "MI_ATOMIC")?;
+        self.charge_bytes(2 * size as u64)
+    }
+
+    fn math(&mut self, alu: &[u32]) -> Result<(), Stop> {
+        const SRCA: u32 = 0x20;
+        const SRCB: u32 = 0x21;
+        const ACCU: u32 = 0x31;
+        const ZF: u32 = 0x32;
+        const CF: u32 = 0x33;
+        let slot = |o: u32| match o {
+            SRCA => Some(0),
+            SRCB => Some(1),
+            ACCU => Some(2),
+            ZF => Some(3),
+            CF => Some(4),
+            _ => None,
+        };
+        for &ins in alu {
+            let (opcode, op1, op2) = (ins >> 20, (ins >> 10) & 0x3ff, ins & 0x3ff);
+            let get = |core: &EngineCore, o: u32| -> Result<u64, Stop> {
+                match (o, slot(o)) {
+                    (0..=15, _) => Ok(core.gpr(o)),
+                    (_, Some(s)) => Ok(core.alu.get(s).copied().unwrap_or(0)),
+                    _ => Err(Stop::Fault(format!("MI_MATH operand {o:#x} is reserved"))),
+                }
+            };
+            let flag = |b: bool| if b { u64::MAX } else { 0 };
+            let set_alu = |core: &mut EngineCore, s: usize, v: u64| {
+                if let Some(a) = core.alu.get_mut(s) {
+                    *a = v;
+                }
+            };
+            let src_slot = |o: u32| match o {
+                SRCA => Ok(0),
+                SRCB => Ok(1),
+                _ => Err(Stop::Fault(format!("MI_MATH load destination {o:#x} is not SRCA or SRCB"))),
+            };
+            match opcode {
+                0x000 => {}
+                0x080 | 0x480 => {
+                    let v = get(self.core, op2)?;
+                    let s = src_slot(op1)?;
+                    set_alu(self.core, s, if opcode == 0x480 { !v } else { v });
+                }
+                0x081 | 0x481 => {
+                    let s = src_slot(op1)?;
+                    set_alu(self.core, s, if opcode == 0x481 { 1 } else { 0 });
+                }
+                0x100..=0x104 => {
+                    let [a, b, ..] = self.core.alu;
+                    let (r, carry) = match opcode {
+                        0x100 => a.overflowing_add(b),
+                        0x101 => a.overflowing_sub(b),
+                        0x102 => (a & b, false),
+                        0x103 => (a | b, false),
+                        _ => (a ^ b, false),
+                    };
+                    set_alu(self.core, 2, r);
+                    set_alu(self.core, 3, flag(r == 0));
+                    set_alu(self.core, 4, flag(carry));
+                }
+                0x180 | 0x580 => {
+                    let v = get(self.core, op2)?;
+                    let v = if opcode == 0x580 { !v } else { v };
+                    match (op1, slot(op1)) {
+                        (0..=15, _) => self.core.set_gpr(op1, v),
+                        (_, Some(s)) => set_alu(self.core, s, v),
+                        _ => return Err(Stop::Fault(format!("MI_MATH store destination {op1:#x} is reserved"))),
+                    }
+                }
+                _ => return Err(Stop::Fault(format!("MI_MATH ALU opcode {opcode:#x} is reserved"))),
+            }
+        }
+        self.charge(self.cost.mi_ns + alu.len() as u64, "MI_MATH")
+    }
+}

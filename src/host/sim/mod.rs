@@ -1,0 +1,384 @@
+//! The software reference GPU: a [`HostGpu`] that really executes shadow workloads.
+//!
+//! Each engine is a command streamer walking the shadow ring and batches through the host GGTT
+//! and the shadow PPGTT (see [`memory`]): MI commands, post-sync writes and linear blits change
+//! memory and registers as the hardware would; 3D, media and video commands are consumed with a
+//! modelled cost ([`CostModel`]). A workload's engine time is the sum of its costs, so runs are
+//! deterministic; one that runs past the hang timeout is stopped and reported as a hang.
+//!
+//! A run is what the hardware does with an execlist submission: load the shadow context (its
+//! register-load lists set the ring, page-table roots and engine state), run the indirect-context
+//! and per-context workaround batches, run the ring from head to tail, and save the registers the
+//! image lists back into it.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use shadowgpu::host::sim::{SimConfig, SimGpu};
+//! use shadowgpu::host::HostGpu;
+//! use shadowgpu::hw::{Engine, Gen};
+//!
+//! let gpu = SimGpu::new(SimConfig::default());
+//! assert_eq!(gpu.gen(), Gen::Gen9);
+//! let layout = gpu.layout(Engine::Rcs);
+//! assert_eq!(layout.ring_size, 2 << 20);
+//! ```
+
+mod blit;
+pub mod cost;
+mod exec;
+pub mod memory;
+#[cfg(test)]
+mod tests;
+
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+
+pub use cost::CostModel;
+use exec::{EngineCore, Exec, Stop};
+use memory::{SimMemory, SimVgpuMemory};
+
+use super::{EngineLayout, GuestDma, HostError, HostGpu, HostJob, RunReport, VgpuMemory};
+use crate::cmd::{GmWindows, ScannedWorkload, PAGE_SIZE};
+use crate::context::image::idx;
+use crate::hw::{Engine, EngineMask, Gen};
+use crate::mm::{GmLayout, HostReserve, ShadowRoot};
+
+pub use exec::reg;
+
+/// GGTT bytes of each engine's shadow area in the host's hidden reserve.
+const ENGINE_AREA: u64 = 64 << 20;
+/// Offsets inside an engine's area.
+const RING_OFF: u64 = 0;
+const RING_SIZE: u64 = 2 << 20;
+const INDIRECT_OFF: u64 = RING_SIZE;
+const PER_CTX_OFF: u64 = INDIRECT_OFF + PAGE_SIZE;
+const PER_CTX_SIZE: u64 = 64 << 10;
+const CONTEXT_OFF: u64 = PER_CTX_OFF + PER_CTX_SIZE;
+const BATCH_OFF: u64 = 4 << 20;
+/// Shadow batches start on 64-byte boundaries.
+const BATCH_ALIGN: u64 = 64;
+
+/// What the software GPU models.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SimConfig {
+    /// Generation (selects command tables and the timestamp clock).
+    pub gen: Gen,
+    /// Engines present.
+    pub engines: EngineMask,
+    /// The GGTT and aperture sizes.
+    pub layout: GmLayout,
+    /// What the host keeps of the GGTT (the shadow areas live in its hidden part).
+    pub reserve: HostReserve,
+    /// Engine time of each kind of work.
+    pub cost: CostModel,
+}
+
+impl Default for SimConfig {
+    /// A Gen9 GT2 (render, blitter, video, video enhancement) with the desktop GGTT layout.
+    fn default() -> Self {
+        SimConfig {
+            gen: Gen::Gen9,
+            engines: EngineMask::RCS | EngineMask::BCS | EngineMask::VCS | EngineMask::VECS,
+            layout: GmLayout::DESKTOP,
+            reserve: HostReserve::default(),
+            cost: CostModel::default(),
+        }
+    }
+}
+
+/// One engine's streamer state, and the scratch state of the run in progress.
+#[derive(Debug)]
+struct EngineSlot {
+    core: EngineCore,
+    /// Workloads completed, for tests and statistics.
+    runs: u64,
+}
+
+/// The software GPU.
+#[derive(Debug)]
+pub struct SimGpu {
+    cfg: SimConfig,
+    mem: Arc<SimMemory>,
+    engines: Vec<Option<Mutex<EngineSlot>>>,
+}
+
+/// Statistics of one engine.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SimEngineStats {
+    /// Workloads completed.
+    pub runs: u64,
+    /// Engine time since creation, ns.
+    pub clock_ns: u64,
+}
+
+impl SimGpu {
+    /// A software GPU as `cfg` describes.
+    pub fn new(cfg: SimConfig) -> Self {
+        let engines = Engine::ALL
+            .iter()
+            .map(|&e| cfg.engines.has(e).then(|| Mutex::new(EngineSlot { core: EngineCore::new(e, cfg.gen), runs: 0 })))
+            .collect();
+        let gpu = SimGpu { mem: Arc::new(SimMemory::new(cfg.layout.total)), cfg, engines };
+        // Back each engine's per-process status page now: index stores may land there any time.
+        for e in Engine::ALL.into_iter().filter(|&e| cfg.engines.has(e)) {
+            let _ = gpu.stage(e, gpu.context_area(e), &[0; 1024]);
+        }
+        gpu
+    }
+
+    /// The memory, for tests and the register-level model.
+    pub fn memory(&self) -> &Arc<SimMemory> {
+        &self.mem
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &SimConfig {
+        &self.cfg
+    }
+
+    /// Statistics of `engine`.
+    pub fn engine_stats(&self, engine: Engine) -> SimEngineStats {
+        self.slot(engine).map_or(SimEngineStats::default(), |s| {
+            let s = s.lock();
+            SimEngineStats { runs: s.runs, clock_ns: s.core.clock_ns }
+        })
+    }
+
+    /// The GGTT range of the host's shadow areas, which no vGPU window may overlap.
+    pub fn shadow_range(&self) -> GmWindows {
+        let base = self.area_base(Engine::Rcs);
+        GmWindows { aperture: crate::cmd::GmRange::new(base, ENGINE_AREA * 5), hidden: Default::default() }
+    }
+
+    fn slot(&self, engine: Engine) -> Option<&Mutex<EngineSlot>> {
+        self.engines.get(engine.index())?.as_ref()
+    }
+
+    fn area_base(&self, engine: Engine) -> u64 {
+        self.cfg.layout.aperture + engine.index() as u64 * ENGINE_AREA
+    }
+
+    /// GGTT address of the engine's context area (page 0 is the per-process status page).
+    pub fn context_area(&self, engine: Engine) -> u64 {
+        self.area_base(engine) + CONTEXT_OFF
+    }
+
+    /// Copies `dwords` into the host GGTT at `gma` (pages allocated on first use).
+    fn stage(&self, engine: Engine, gma: u64, dwords: &[u32]) -> Result<(), HostError> {
+        let bytes = zerocopy::IntoBytes::as_bytes(dwords);
+        self.mem.stage_ggtt(gma, bytes).map_err(|why| HostError::Placement { engine, why })
+    }
+
+    /// Places the workload's shadow buffers; returns nothing but leaves the relocated copies in
+    /// host memory.
+    fn place(&self, engine: Engine, job: &mut HostJob<'_>) -> Result<(), HostError> {
+        let base = self.area_base(engine);
+        let too_big = |what: &str| HostError::Placement { engine, why: format!("{what} does not fit its shadow area") };
+        let mut next = base + BATCH_OFF;
+        let end = base + ENGINE_AREA;
+        let mut bump = |b: &crate::cmd::ShadowBuffer| -> Option<u64> {
+            let at = next;
+            next = next.checked_add(b.len_bytes())?.checked_next_multiple_of(BATCH_ALIGN)?;
+            (next <= end).then_some(at)
+        };
+        let mut overflow = false;
+        job.ring.relocate(|_, b| {
+            bump(b).unwrap_or_else(|| {
+                overflow = true;
+                0
+            })
+        });
+        if overflow {
+            return Err(too_big("the batches"));
+        }
+        if job.ring.ring.len_bytes() >= RING_SIZE {
+            return Err(too_big("the ring"));
+        }
+        self.stage(engine, base + RING_OFF, &job.ring.ring.dwords)?;
+        stage_batches(self, engine, job.ring, None)?;
+        if let Some(wa) = job.wa.as_deref_mut() {
+            // The per-context batch (target of the start appended after the indirect context)
+            // goes to the fixed per-context area; its own batches and the rest to the arena.
+            let has_per_ctx = job.context.state(idx::BB_PER_CTX_PTR) & 1 != 0;
+            let n = wa.ring.dwords.len();
+            let per_ctx = has_per_ctx
+                .then(|| wa.relocs.iter().find(|r| r.buffer == 0 && r.dword + 3 == n).map(|r| r.target))
+                .flatten();
+            let per_ctx_at = base + PER_CTX_OFF;
+            let mut overflow = false;
+            wa.relocate(|i, b| {
+                if Some(i) == per_ctx {
+                    if b.len_bytes() > PER_CTX_SIZE {
+                        overflow = true;
+                    }
+                    return per_ctx_at;
+                }
+                bump(b).unwrap_or_else(|| {
+                    overflow = true;
+                    0
+                })
+            });
+            if overflow {
+                return Err(too_big("the workaround batches"));
+            }
+            let indirect = wa.ring.dwords.get(..if per_ctx.is_some() { n - 3 } else { n }).unwrap_or_default();
+            if indirect.len() as u64 * 4 > PAGE_SIZE {
+                return Err(too_big("the indirect context"));
+            }
+            self.stage(engine, base + INDIRECT_OFF, indirect)?;
+            stage_batches(self, engine, wa, per_ctx.map(|i| (i, per_ctx_at)))?;
+        }
+        Ok(())
+    }
+}
+
+/// Stages every batch of `w` where its relocations point (the fixed slot for `fixed`).
+fn stage_batches(
+    gpu: &SimGpu,
+    engine: Engine,
+    w: &ScannedWorkload,
+    fixed: Option<(usize, u64)>,
+) -> Result<(), HostError> {
+    // Relocations give each batch's placed address through the starts that name it.
+    let mut placed: Vec<Option<u64>> = vec![None; w.batches.len()];
+    for r in &w.relocs {
+        let Some(buf) = w.buffer(r.buffer) else { continue };
+        let (Some(&lo), Some(&hi)) = (buf.dwords.get(r.dword + 1), buf.dwords.get(r.dword + 2)) else { continue };
+        if let Some(p) = placed.get_mut(r.target) {
+            *p = Some(u64::from(lo) | u64::from(hi) << 32);
+        }
+    }
+    if let Some((i, at)) = fixed {
+        if let Some(p) = placed.get_mut(i) {
+            *p = Some(at);
+        }
+    }
+    for (b, at) in w.batches.iter().zip(placed) {
+        if let Some(at) = at {
+            gpu.stage(engine, at, &b.dwords)?;
+        }
+    }
+    Ok(())
+}
+
+/// Runs a loaded context: workaround batches, then the ring; then saves the listed registers.
+/// `parts` is the image split as [`ShadowContext::parts_mut`](crate::context::ShadowContext::parts_mut) splits it.
+fn run_context(exec: &mut Exec<'_>, parts: (&mut [u32], &mut [u32]), legacy32: bool) -> Result<(), Stop> {
+    let (ring_part, engine_part) = parts;
+    let base = exec.core.engine.mmio_base();
+    let mut slots: Vec<(bool, usize, u32)> = Vec::new();
+    exec.charge(exec.cost.context_restore_ns, "restoring the context")?;
+    let state0 = crate::context::shadow::RING_PART - crate::context::shadow::ENGINE_CONTEXT_DWORD;
+    let mut s = Vec::new();
+    exec.restore(ring_part, state0 + 1, &mut s)?;
+    slots.extend(s.drain(..).map(|(i, r)| (false, i, r)));
+    exec.restore(engine_part, 0, &mut s)?;
+    slots.extend(s.drain(..).map(|(i, r)| (true, i, r)));
+
+    let pdp = |n: u32| {
+        let r = base + reg::PDP0_LDW + 8 * n;
+        u64::from(exec.core.read(r)) | u64::from(exec.core.read(r + 4)) << 32
+    };
+    exec.ppgtt = Some(if legacy32 { ShadowRoot::L3([pdp(0), pdp(1), pdp(2), pdp(3)]) } else { ShadowRoot::L4(pdp(0)) });
+    let ctx_ts = exec.core.read(base + reg::CTX_TIMESTAMP);
+
+    let indirect = exec.core.read(base + reg::INDIRECT_CTX);
+    if has_wa(exec.core.gen, exec.core.engine) && indirect & 0x3f != 0 {
+        exec.run_buffer(u64::from(indirect & !0x3f), u64::from(indirect & 0x3f) * 64)?;
+    }
+    let per_ctx = exec.core.read(base + reg::BB_PER_CTX_PTR);
+    if has_wa(exec.core.gen, exec.core.engine) && per_ctx & 1 != 0 {
+        exec.run_batches(u64::from(per_ctx & !0xfff), crate::cmd::AddrSpace::Ggtt, false)?;
+    }
+    let start = u64::from(exec.core.read(base + reg::RING_START) & !0xfff);
+    let size = (u64::from(exec.core.read(base + reg::RING_CTL) >> 12 & 0x1ff) + 1) * PAGE_SIZE;
+    let head = u64::from(exec.core.read(base + reg::RING_HEAD) & 0x1f_fffc);
+    let tail = u64::from(exec.core.read(base + reg::RING_TAIL) & 0x1f_fff8);
+    if exec.core.read(base + reg::RING_CTL) & 1 == 0 {
+        return Err(Stop::Fault("the context's ring is not enabled".into()));
+    }
+    let end = exec.run_ring(start, size, head, tail % size)?;
+
+    // Save: the ring position, the context's running time, then every listed register.
+    let head_reg = exec.core.read(base + reg::RING_HEAD);
+    exec.core.write(base + reg::RING_HEAD, (head_reg & !0x1f_fffc) | end as u32);
+    let ticks = exec.ns_ticks();
+    exec.core.write(base + reg::CTX_TIMESTAMP, ctx_ts.wrapping_add(ticks));
+    for (engine_side, i, r) in slots {
+        let v = exec.core.read(r);
+        let part: &mut [u32] = if engine_side { &mut *engine_part } else { &mut *ring_part };
+        if let Some(d) = part.get_mut(i) {
+            *d = v;
+        }
+    }
+    Ok(())
+}
+
+fn has_wa(gen: Gen, engine: Engine) -> bool {
+    crate::context::image::has_wa_fields(gen, engine)
+}
+
+impl HostGpu for SimGpu {
+    fn gen(&self) -> Gen {
+        self.cfg.gen
+    }
+
+    fn engines(&self) -> EngineMask {
+        self.cfg.engines
+    }
+
+    fn layout(&self, engine: Engine) -> EngineLayout {
+        let base = self.area_base(engine);
+        EngineLayout {
+            ring_start: base + RING_OFF,
+            ring_size: RING_SIZE as u32,
+            indirect_ctx: base + INDIRECT_OFF,
+            bb_per_ctx: base + PER_CTX_OFF,
+            bb_per_ctx_size: PER_CTX_SIZE,
+        }
+    }
+
+    fn attach_vgpu(&self, guest: Arc<dyn GuestDma>) -> Result<Box<dyn VgpuMemory>, HostError> {
+        let slot = self.mem.attach(guest).ok_or_else(|| HostError::Attach("every guest slot is in use".into()))?;
+        let mut m = SimVgpuMemory::new(self.mem.clone(), slot);
+        m.alloc_scratch().map_err(HostError::Attach)?;
+        Ok(Box::new(m))
+    }
+
+    fn run(&self, engine: Engine, mut job: HostJob<'_>) -> Result<RunReport, HostError> {
+        let slot = self.slot(engine).ok_or(HostError::NoEngine(engine))?;
+        let mut slot = slot.lock();
+        self.place(engine, &mut job)?;
+        let pphwsp = self.context_area(engine);
+        let mut exec = Exec::new(&self.mem, &mut slot.core, &self.cfg.cost);
+        exec.pphwsp = pphwsp;
+        let r = run_context(&mut exec, job.context.parts_mut(), job.legacy32);
+        let (ns, at, mut report) = (exec.ns, exec.at, exec.report);
+        report.engine_ns = ns;
+        match r {
+            Ok(()) => {
+                slot.runs += 1;
+                Ok(report)
+            }
+            Err(Stop::Hang(why)) => Err(HostError::Hang { engine, engine_ns: ns, at, why }),
+            Err(Stop::Fault(why)) => Err(HostError::Fault { engine, at, why }),
+        }
+    }
+
+    fn reset_engine(&self, engine: Engine) {
+        if let Some(s) = self.slot(engine) {
+            s.lock().core.reset();
+        }
+    }
+
+    fn read_reg(&self, engine: Engine, reg: u32) -> u32 {
+        self.slot(engine).map_or(0, |s| s.lock().core.read(reg))
+    }
+
+    fn write_reg(&self, engine: Engine, reg: u32, value: u32) {
+        if let Some(s) = self.slot(engine) {
+            s.lock().core.write(reg, value);
+        }
+    }
+}

@@ -1,0 +1,397 @@
+//! Every command the software GPU executes, checked by the memory and registers it leaves.
+
+use std::sync::Arc;
+
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+use super::*;
+use crate::cmd::emit::{CmdBuf, PostSync};
+use crate::cmd::{AddrSpace::Ggtt, AddrSpace::Ppgtt, BufferKind, Events, ScanStats, ShadowBuffer};
+use crate::context::ShadowContext;
+use crate::mm::ppgtt::{PpgttLimits, Revalidate};
+use crate::mm::{PpgttRoot, ShadowPpgtt};
+
+/// GGTT window mapped to guest memory [0, 4 MiB).
+const WIN: u64 = 0x100_0000;
+/// PPGTT addresses [VA, VA + 2 MiB) map guest memory [4 MiB, 6 MiB).
+const VA: u64 = 0x4000_0000;
+const VA_GPA: u64 = 0x40_0000;
+const PML4: u64 = 0x80_0000;
+
+struct Rig {
+    gpu: SimGpu,
+    guest: GuestMemoryMmap<()>,
+    _vm: Box<dyn VgpuMemory>,
+    root: ShadowRoot,
+    ctx: ShadowContext,
+    engine: Engine,
+    _ppgtt: ShadowPpgtt,
+}
+
+fn rig_with(engine: Engine, cost: CostModel) -> Rig {
+    let gpu = SimGpu::new(SimConfig { cost, ..SimConfig::default() });
+    let guest = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 16 << 20)]).unwrap();
+    let mut vm = gpu.attach_vgpu(Arc::new(guest.clone())).unwrap();
+    for i in 0..1024u64 {
+        let h = vm.map_page(GuestAddress(i * 4096)).unwrap();
+        vm.write_pte(WIN / 4096 + i, h | 1);
+    }
+    // Guest page tables: PML4[0] -> PDP, PDP[1] -> PD, PD[0] -> PT, PT[i] -> VA_GPA + i pages.
+    let w = |a: u64, v: u64| guest.write_obj(v, GuestAddress(a)).unwrap();
+    w(PML4, (PML4 + 0x1000) | 3);
+    w(PML4 + 0x1000 + 8, (PML4 + 0x2000) | 3);
+    w(PML4 + 0x2000, (PML4 + 0x3000) | 3);
+    for i in 0..512 {
+        w(PML4 + 0x3000 + 8 * i, (VA_GPA + i * 4096) | 3);
+    }
+    let mut ppgtt = ShadowPpgtt::new(&mut *vm, PpgttLimits::default(), Box::new(Revalidate)).unwrap();
+    let root = ppgtt.pin(&guest, &mut *vm, PpgttRoot::L4(PML4)).unwrap();
+    let ctx = ShadowContext::new(Gen::Gen9, engine);
+    Rig { gpu, guest, _vm: vm, root, ctx, engine, _ppgtt: ppgtt }
+}
+
+fn rig(engine: Engine) -> Rig {
+    rig_with(engine, CostModel::default())
+}
+
+fn workload(ring: &CmdBuf) -> ScannedWorkload {
+    ScannedWorkload {
+        ring: ShadowBuffer { kind: BufferKind::Ring, dwords: ring.dwords.clone() },
+        batches: vec![],
+        relocs: vec![],
+        root_loads: vec![],
+        events: Events::empty(),
+        stats: ScanStats::default(),
+    }
+}
+
+impl Rig {
+    /// Points the shadow context at the staged ring and the shadow PPGTT, as populate does.
+    fn prepare(&mut self, ring_bytes: u64) {
+        let l = self.gpu.layout(self.engine);
+        let s = |ctx: &mut ShadowContext, i: usize, v: u32| *ctx.image_dword_mut(1024 + i).unwrap() = v;
+        s(&mut self.ctx, idx::RING_START, l.ring_start as u32);
+        s(&mut self.ctx, idx::RING_HEAD, 0);
+        s(&mut self.ctx, idx::RING_TAIL, ring_bytes as u32);
+        s(&mut self.ctx, idx::RING_CTL, ((l.ring_size / 4096 - 1) << 12) | 1);
+        let pml4 = self.root.pdps()[0];
+        s(&mut self.ctx, idx::PDP3_UDW + 12, (pml4 >> 32) as u32);
+        s(&mut self.ctx, idx::PDP3_UDW + 14, pml4 as u32);
+    }
+
+    fn run(&mut self, ring: &CmdBuf) -> Result<RunReport, HostError> {
+        let mut r = ring.clone();
+        r.align_qword();
+        let mut w = workload(&r);
+        self.prepare(r.len_bytes());
+        let job = HostJob { ring: &mut w, wa: None, context: &mut self.ctx, legacy32: false };
+        self.gpu.run(self.engine, job)
+    }
+
+    /// Guest dword at GGTT address `gma` of the window.
+    fn ggtt32(&self, gma: u64) -> u32 {
+        self.guest.read_obj(GuestAddress(gma - WIN)).unwrap()
+    }
+
+    fn ggtt64(&self, gma: u64) -> u64 {
+        self.guest.read_obj(GuestAddress(gma - WIN)).unwrap()
+    }
+
+    fn ppgtt32(&self, va: u64) -> u32 {
+        self.guest.read_obj(GuestAddress(va - VA + VA_GPA)).unwrap()
+    }
+
+    fn put(&self, gma: u64, c: &CmdBuf) {
+        self.guest.write_slice(&c.to_bytes(), GuestAddress(gma - WIN)).unwrap();
+    }
+
+    fn reg(&self, r: u32) -> u32 {
+        self.gpu.read_reg(self.engine, self.engine.mmio_base() + r)
+    }
+}
+
+fn gpr(n: u32) -> u32 {
+    Engine::Rcs.mmio_base() + reg::GPR0 + 8 * n
+}
+
+#[test]
+fn store_data_imm_dword_and_qword_in_both_spaces() {
+    let mut r = rig(Engine::Rcs);
+    let mut c = CmdBuf::new();
+    c.noop(3).store_dword(Ggtt, WIN + 0x100, 0xdead_beef).store_qword(Ggtt, WIN + 0x108, 0x1122_3344_5566_7788);
+    c.store_dword(Ppgtt, VA + 0x2010, 77);
+    let rep = r.run(&c).unwrap();
+    assert_eq!(r.ggtt32(WIN + 0x100), 0xdead_beef);
+    assert_eq!(r.ggtt64(WIN + 0x108), 0x1122_3344_5566_7788);
+    assert_eq!(r.ppgtt32(VA + 0x2010), 77, "PPGTT stores land where the guest's tables say");
+    assert_eq!(r.guest.read_obj::<u32>(GuestAddress(0x2010)).unwrap(), 0, "not at the GGTT alias");
+    assert!(rep.commands >= 6 && rep.engine_ns > 0);
+    assert_eq!(rep.bytes_moved, 16);
+}
+
+#[test]
+fn batches_two_levels_and_chains() {
+    let mut r = rig(Engine::Rcs);
+    let (b1, b2, chained) = (WIN + 0x1_0000, WIN + 0x1_1000, WIN + 0x1_2000);
+    let t = WIN + 0x200;
+    let mut l1 = CmdBuf::new();
+    l1.store_dword(Ggtt, t, 1).bb_start(Ggtt, b2, true).store_dword(Ggtt, t + 8, 3).bb_start(Ggtt, chained, false);
+    l1.store_dword(Ggtt, t + 12, 0xbad).bb_end();
+    let mut l2 = CmdBuf::new();
+    l2.store_dword(Ggtt, t + 4, 2).bb_end().store_dword(Ggtt, t + 4, 0xbad);
+    let mut ch = CmdBuf::new();
+    ch.store_dword(Ggtt, t + 16, 4).bb_end();
+    r.put(b1, &l1);
+    r.put(b2, &l2);
+    r.put(chained, &ch);
+    let mut ring = CmdBuf::new();
+    ring.bb_start(Ggtt, b1, false).store_dword(Ggtt, t + 20, 5);
+    r.run(&ring).unwrap();
+    let got: Vec<u32> = (0..6).map(|i| r.ggtt32(t + 4 * i)).collect();
+    assert_eq!(got, [1, 2, 3, 0, 4, 5], "level 2 returns, a chain does not, the ring resumes");
+}
+
+#[test]
+fn ppgtt_batches_run_from_the_ppgtt() {
+    let mut r = rig(Engine::Bcs);
+    let mut b = CmdBuf::new();
+    b.store_dword(Ppgtt, VA + 0x3000, 9).bb_end();
+    r.guest.write_slice(&b.to_bytes(), GuestAddress(VA_GPA + 0x1000)).unwrap();
+    let mut ring = CmdBuf::new();
+    ring.bb_start(Ppgtt, VA + 0x1000, false);
+    r.run(&ring).unwrap();
+    assert_eq!(r.ppgtt32(VA + 0x3000), 9);
+}
+
+#[test]
+fn conditional_batch_end() {
+    let mut r = rig(Engine::Rcs);
+    let (flag, t, b) = (WIN + 0x300, WIN + 0x400, WIN + 0x1_0000);
+    // MI_CONDITIONAL_BATCH_BUFFER_END (GGTT): ends when *flag <= 5.
+    let mut batch = CmdBuf::new();
+    batch.raw(&[0x1b40_0002, 5, flag as u32, 0]).store_dword(Ggtt, t, 1).bb_end();
+    r.put(b, &batch);
+    let mut ring = CmdBuf::new();
+    ring.bb_start(Ggtt, b, false);
+    r.guest.write_obj(5u32, GuestAddress(flag - WIN)).unwrap();
+    r.run(&ring).unwrap();
+    assert_eq!(r.ggtt32(t), 0, "5 <= 5 ends the batch");
+    r.guest.write_obj(6u32, GuestAddress(flag - WIN)).unwrap();
+    r.run(&ring).unwrap();
+    assert_eq!(r.ggtt32(t), 1, "6 > 5 continues");
+}
+
+#[test]
+fn register_loads_and_stores() {
+    let mut r = rig(Engine::Rcs);
+    let (src, dst) = (WIN + 0x500, WIN + 0x600);
+    r.guest.write_obj(0x1234_5678u32, GuestAddress(src - WIN)).unwrap();
+    let mut c = CmdBuf::new();
+    c.lri(&[(gpr(0), 11), (gpr(0) + 4, 12)]).lrr(gpr(0), gpr(1)).lrm(gpr(2), Ggtt, src);
+    c.srm(gpr(1), Ggtt, dst).srm(gpr(2), Ggtt, dst + 4).srm(gpr(0) + 4, Ggtt, dst + 8);
+    r.run(&c).unwrap();
+    assert_eq!([r.ggtt32(dst), r.ggtt32(dst + 4), r.ggtt32(dst + 8)], [11, 0x1234_5678, 12]);
+    assert_eq!(r.reg(reg::GPR0 + 8), 11);
+}
+
+#[test]
+fn store_data_index_writes_the_status_page() {
+    let mut r = rig(Engine::Bcs);
+    // MI_STORE_DATA_INDEX to the per-process status page, dword 0x30.
+    let mut c = CmdBuf::new();
+    c.raw(&[0x1080_0001 | 1 << 21, 0x30 * 4, 0xfeed]);
+    r.run(&c).unwrap();
+    let mut b = [0u8; 4];
+    r.gpu.memory().read_ggtt(r.gpu.context_area(Engine::Bcs) + 0xc0, &mut b).unwrap();
+    assert_eq!(u32::from_le_bytes(b), 0xfeed);
+}
+
+#[test]
+fn flush_dw_and_pipe_control_post_sync_writes() {
+    let mut r = rig(Engine::Rcs);
+    let t = WIN + 0x700;
+    let mut c = CmdBuf::new();
+    c.pipe_control(0, PostSync::WriteImmediate, Ggtt, t, 0xaaaa_bbbb_cccc_dddd, true);
+    c.pipe_control(0, PostSync::WriteTimestamp, Ggtt, t + 8, 0, false);
+    c.pipe_control(0, PostSync::WriteImmediate, Ppgtt, VA + 0x40, 0x55, false);
+    let rep = r.run(&c).unwrap();
+    assert_eq!(r.ggtt64(t), 0xaaaa_bbbb_cccc_dddd);
+    assert!(r.ggtt64(t + 8) > 0, "the timestamp advanced with engine time");
+    assert_eq!(r.ppgtt32(VA + 0x40), 0x55);
+    assert_eq!(rep.interrupts, 1);
+
+    let mut b = rig(Engine::Bcs);
+    let mut c = CmdBuf::new();
+    c.flush_dw(PostSync::WriteImmediate, Ggtt, WIN + 0x800, 0x99, false, true);
+    c.flush_dw(PostSync::WriteImmediate, Ggtt, WIN + 0x808, 0x1_0000_0002, true, false);
+    c.flush_dw(PostSync::WriteTimestamp, Ppgtt, VA + 0x80, 0, true, false);
+    let rep = b.run(&c).unwrap();
+    assert_eq!(b.ggtt32(WIN + 0x800), 0x99);
+    assert_eq!(b.ggtt32(WIN + 0x804), 0, "a dword write writes one dword");
+    assert_eq!(b.ggtt64(WIN + 0x808), 0x1_0000_0002);
+    assert!(b.ppgtt32(VA + 0x80) > 0);
+    assert_eq!(rep.interrupts, 1);
+}
+
+#[test]
+fn semaphore_wait_passes_or_hangs() {
+    let cost = CostModel { hang_timeout_ns: 200_000, ..CostModel::default() };
+    let mut r = rig_with(Engine::Rcs, cost);
+    let (sem, t) = (WIN + 0x900, WIN + 0x904);
+    r.guest.write_obj(3u32, GuestAddress(sem - WIN)).unwrap();
+    let mut c = CmdBuf::new();
+    c.semaphore_wait(Ggtt, sem, 3).store_dword(Ggtt, t, 1);
+    r.run(&c).unwrap();
+    assert_eq!(r.ggtt32(t), 1);
+    let mut c = CmdBuf::new();
+    c.semaphore_wait(Ggtt, sem, 4).store_dword(Ggtt, t, 2);
+    let e = r.run(&c).unwrap_err();
+    assert!(matches!(e, HostError::Hang { engine: Engine::Rcs, engine_ns, .. } if engine_ns > 200_000), "{e}");
+    assert_eq!(r.ggtt32(t), 1, "nothing after the wait ran");
+    r.gpu.reset_engine(Engine::Rcs);
+    r.guest.write_obj(4u32, GuestAddress(sem - WIN)).unwrap();
+    r.run(&c).unwrap();
+    assert_eq!(r.ggtt32(t), 2, "the engine works after its reset");
+}
+
+#[test]
+fn atomics() {
+    let mut r = rig(Engine::Rcs);
+    let a = WIN + 0xa00;
+    r.guest.write_obj(10u32, GuestAddress(a - WIN)).unwrap();
+    r.guest.write_obj(u64::MAX, GuestAddress(a + 8 - WIN)).unwrap();
+    r.guest.write_obj(7u32, GuestAddress(a + 16 - WIN)).unwrap();
+    let inline = |op: u32, size: u32, addr: u64, x: u32, y: u32| {
+        [0x1780_0009 | 1 << 22 | 1 << 18 | size << 19 | op << 8, addr as u32, 0, x, y, 0, 0, 0, 0, 0, 0]
+    };
+    let mut c = CmdBuf::new();
+    c.raw(&inline(0x07, 0, a, 5, 0)); // ADD 5 -> 15
+    c.atomic(0x25, 1, Ggtt, a + 8); // INC8B: wraps to 0
+    c.raw(&inline(0x0e, 0, a + 16, 7, 42)); // CMP_WR: 7 == 7 -> 42
+    c.raw(&inline(0x0e, 0, a + 16, 7, 43)); // 42 != 7: unchanged
+    c.raw(&[inline(0x08, 0, a, 1, 0)[0] | 1 << 16, a as u32, 0, 1, 0, 0, 0, 0, 0, 0, 0]); // SUB 1, return old
+    r.run(&c).unwrap();
+    assert_eq!(r.ggtt32(a), 14);
+    assert_eq!(r.ggtt64(a + 8), 0);
+    assert_eq!(r.ggtt32(a + 16), 42);
+    assert_eq!(r.reg(reg::GPR0), 15, "return data is the value before the operation");
+}
+
+#[test]
+fn math_alu() {
+    let mut r = rig(Engine::Rcs);
+    let t = WIN + 0xb00;
+    let ins = |op: u32, a: u32, b: u32| op << 20 | a << 10 | b;
+    let (load, add, sub, and, store, storeinv) = (0x080, 0x100, 0x101, 0x102, 0x180, 0x580);
+    let (srca, srcb, accu, cf) = (0x20, 0x21, 0x31, 0x33);
+    let mut c = CmdBuf::new();
+    c.lri(&[(gpr(0), 40), (gpr(1), 2), (gpr(4), 0xf0)]);
+    c.math(&[ins(load, srca, 0), ins(load, srcb, 1), ins(add, 0, 0), ins(store, 2, accu)]);
+    c.math(&[ins(load, srca, 1), ins(load, srcb, 0), ins(sub, 0, 0), ins(store, 3, accu), ins(store, 5, cf)]);
+    c.math(&[ins(load, srca, 4), ins(load, srcb, 0), ins(and, 0, 0), ins(storeinv, 6, accu)]);
+    c.srm(gpr(2), Ggtt, t).srm(gpr(3), Ggtt, t + 4).srm(gpr(5), Ggtt, t + 8).srm(gpr(6), Ggtt, t + 12);
+    r.run(&c).unwrap();
+    assert_eq!(r.ggtt32(t), 42);
+    assert_eq!(r.ggtt32(t + 4), (2u32).wrapping_sub(40));
+    assert_eq!(r.ggtt32(t + 8), u32::MAX, "2 - 40 borrows");
+    assert_eq!(r.ggtt32(t + 12), !(0xf0 & 40));
+}
+
+#[test]
+fn copy_mem_mem_and_user_interrupt() {
+    let mut r = rig(Engine::Vcs);
+    r.guest.write_obj(0x4242u32, GuestAddress(VA_GPA + 0x10)).unwrap();
+    let mut c = CmdBuf::new();
+    c.copy_mem_mem(Ggtt, WIN + 0xc00, Ppgtt, VA + 0x10).user_interrupt().user_interrupt();
+    let rep = r.run(&c).unwrap();
+    assert_eq!(r.ggtt32(WIN + 0xc00), 0x4242);
+    assert_eq!(rep.interrupts, 2);
+}
+
+#[test]
+fn blits_on_linear_surfaces() {
+    let mut r = rig(Engine::Bcs);
+    let (src, dst, dst2) = (VA, VA + 0x4_0000, VA + 0x8_0000);
+    // Source: 16x8 pixels, pitch 64 bytes, pixel (x, y) = y << 8 | x.
+    for y in 0..8u64 {
+        for x in 0..16u64 {
+            r.guest.write_obj((y << 8 | x) as u32, GuestAddress(VA_GPA + y * 64 + x * 4)).unwrap();
+        }
+    }
+    let mut c = CmdBuf::new();
+    c.xy_color(dst, 128, 4, 3, 0xc0c0_c0c0);
+    c.xy_src_copy(dst + 0x1000, 128, src, 64, 16, 8);
+    c.xy_fast_copy(dst2, 256, src, 64, 16, 8);
+    let rep = r.run(&c).unwrap();
+    let px = |va: u64| r.ppgtt32(va);
+    assert_eq!(px(dst), 0xc0c0_c0c0);
+    assert_eq!(px(dst + 2 * 128 + 3 * 4), 0xc0c0_c0c0);
+    assert_eq!(px(dst + 3 * 128), 0, "below the fill");
+    assert_eq!(px(dst + 4 * 4), 0, "right of the fill");
+    assert_eq!(px(dst + 0x1000 + 5 * 128 + 7 * 4), 5 << 8 | 7);
+    assert_eq!(px(dst2 + 7 * 256 + 15 * 4), 7 << 8 | 15);
+    assert_eq!(px(dst2 + 8 * 256), 0);
+    assert_eq!(rep.bytes_moved, 4 * 3 * 4 + 2 * 2 * 16 * 8 * 4);
+    assert_eq!(rep.skipped_blits, 0);
+}
+
+#[test]
+fn three_d_commands_cost_their_model() {
+    let mut r = rig(Engine::Rcs);
+    let base = r.run(CmdBuf::new().noop(2)).unwrap().engine_ns;
+    // 3DPRIMITIVE, 300 vertices, 1 instance.
+    let rep = r.run(CmdBuf::new().raw(&[0x7b00_0005, 0, 300, 0, 1, 0, 0])).unwrap();
+    assert_eq!(rep.engine_ns - base, 2_000 + 600 - 1);
+}
+
+#[test]
+fn runaway_batch_hangs_and_the_engine_recovers() {
+    let cost = CostModel { hang_timeout_ns: 100_000, ..CostModel::default() };
+    let mut r = rig_with(Engine::Rcs, cost);
+    let b = WIN + 0x2_0000;
+    let mut lp = CmdBuf::new();
+    lp.store_dword(Ggtt, WIN + 0xd00, 1).bb_start(Ggtt, b, false);
+    r.put(b, &lp);
+    let e = r.run(CmdBuf::new().bb_start(Ggtt, b, false)).unwrap_err();
+    assert!(matches!(e, HostError::Hang { at, .. } if (b..b + 0x20).contains(&at)), "{e}");
+    r.gpu.reset_engine(Engine::Rcs);
+    r.run(CmdBuf::new().store_dword(Ggtt, WIN + 0xd04, 2)).unwrap();
+    assert_eq!(r.ggtt32(WIN + 0xd04), 2);
+}
+
+#[test]
+fn faults_are_reported_not_panics() {
+    let mut r = rig(Engine::Rcs);
+    // A GGTT address outside every mapping.
+    let e = r.run(CmdBuf::new().store_dword(Ggtt, 0x8000_0000, 1)).unwrap_err();
+    assert!(matches!(&e, HostError::Fault { why, .. } if why.contains("not mapped")), "{e}");
+    // A command the streamer does not execute (MI_SET_CONTEXT).
+    let e = r.run(CmdBuf::new().raw(&[0x0c00_0000, 0])).unwrap_err();
+    assert!(matches!(e, HostError::Fault { .. }), "{e}");
+    // A blitter command on the render engine.
+    let e = r.run(CmdBuf::new().xy_color(VA, 64, 1, 1, 0)).unwrap_err();
+    assert!(matches!(e, HostError::Fault { .. }), "{e}");
+}
+
+#[test]
+fn context_restore_and_save() {
+    let mut r = rig(Engine::Rcs);
+    // An engine-context register list: LRI of GPR7 = 5.
+    {
+        let (_, eng) = r.ctx.parts_mut();
+        eng[0] = 0x1100_0001;
+        eng[1] = gpr(7);
+        eng[2] = 5;
+        eng[3] = 0x0500_0000;
+    }
+    let t = WIN + 0xe00;
+    let mut c = CmdBuf::new();
+    c.srm(gpr(7), Ggtt, t).lri(&[(gpr(7), 6)]);
+    c.align_qword();
+    let rep = r.run(&c).unwrap();
+    assert_eq!(r.ggtt32(t), 5, "the image's register loads ran before the ring");
+    let (ring, eng) = r.ctx.parts();
+    assert_eq!(eng[2], 6, "the engine saved the register into the image");
+    assert_eq!(ring[1024 + idx::RING_HEAD] & 0x1f_fffc, c.len_bytes() as u32, "head saved at the tail");
+    assert!(ring[1024 + idx::CTX_TIMESTAMP] > 0 && rep.engine_ns >= CostModel::default().context_restore_ns);
+}

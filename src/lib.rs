@@ -7,3 +7,4 @@ pub mod execlist;
 pub mod host;
 pub mod hw;
 pub mod mm;
+pub mod sched;

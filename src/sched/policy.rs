@@ -1,0 +1,233 @@
+//! The weighted time-slice policy of one engine, in engine time.
+//!
+//! As GVT-g's time-based scheduler: every balance period (100 ms of engine time) each vGPU is
+//! allocated `period × weight / Σ weights`; its remaining time (`left`) carries credit and debt
+//! from one period to the next, and every tenth period starts afresh. The vGPU with work that has
+//! the most credit per unit of weight (least recently picked on ties) is picked and keeps the
+//! engine for a time slice while it has work and credit. Unlike GVT-g it is per engine and
+//! work-conserving: a vGPU with work runs even when nobody has credit left, instead of the engine
+//! idling until the next balance (GVT-g picks among vGPUs with credit only).
+//! Credit is capped at two allocations (an idle vGPU cannot hoard) and debt at one period (a vGPU
+//! that ran alone is not starved for long once others wake).
+
+use std::collections::VecDeque;
+
+/// Identifies a vGPU to the scheduler.
+pub type VgpuId = u32;
+
+/// Least common multiple of the weights, so credit per unit of weight compares exactly.
+const WEIGHT_LCM: i128 = 720_720;
+
+/// Weights a vGPU may have.
+pub const WEIGHTS: std::ops::RangeInclusive<u8> = 1..=16;
+
+/// Policy parameters, in ns of engine time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PolicyConfig {
+    /// Balance period.
+    pub period_ns: u64,
+    /// Periods per full reset of the carried credit and debt.
+    pub stages: u32,
+    /// Time slice: how long the picked vGPU keeps the engine while it has work and credit.
+    pub slice_ns: u64,
+}
+
+impl Default for PolicyConfig {
+    fn default() -> Self {
+        PolicyConfig { period_ns: 100_000_000, stages: 10, slice_ns: 1_000_000 }
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Share {
+    id: VgpuId,
+    weight: u8,
+    left: i64,
+    alloc: i64,
+}
+
+/// The policy state of one engine.
+#[derive(Clone, Debug)]
+pub struct Policy {
+    cfg: PolicyConfig,
+    /// In least-recently-picked order.
+    lru: VecDeque<Share>,
+    current: Option<VgpuId>,
+    slice_used: u64,
+    period_used: u64,
+    stage: u32,
+}
+
+impl Policy {
+    /// An empty policy.
+    pub fn new(cfg: PolicyConfig) -> Self {
+        Policy { cfg, lru: VecDeque::new(), current: None, slice_used: 0, period_used: 0, stage: 0 }
+    }
+
+    /// Adds a vGPU (weight clamped to 1..=16); allocations are recomputed.
+    pub fn add(&mut self, id: VgpuId, weight: u8) {
+        if self.lru.iter().all(|s| s.id != id) {
+            let weight = weight.clamp(*WEIGHTS.start(), *WEIGHTS.end());
+            self.lru.push_front(Share { id, weight, left: 0, alloc: 0 });
+            self.reallocate();
+        }
+    }
+
+    /// Removes a vGPU.
+    pub fn remove(&mut self, id: VgpuId) {
+        self.lru.retain(|s| s.id != id);
+        if self.current == Some(id) {
+            self.current = None;
+        }
+        self.reallocate();
+    }
+
+    /// Changes a vGPU's weight.
+    pub fn set_weight(&mut self, id: VgpuId, weight: u8) {
+        if let Some(s) = self.lru.iter_mut().find(|s| s.id == id) {
+            s.weight = weight.clamp(*WEIGHTS.start(), *WEIGHTS.end());
+        }
+        self.reallocate();
+    }
+
+    /// New allocations after a membership or weight change; credit and debt carry over.
+    fn reallocate(&mut self) {
+        let total: i64 = self.lru.iter().map(|s| i64::from(s.weight)).sum();
+        let period = i64::try_from(self.cfg.period_ns).unwrap_or(i64::MAX);
+        for s in self.lru.iter_mut() {
+            s.alloc = period / total.max(1) * i64::from(s.weight);
+        }
+    }
+
+    /// The vGPU that runs next among those `has_work` says have work.
+    pub fn pick(&mut self, has_work: impl Fn(VgpuId) -> bool) -> Option<VgpuId> {
+        if let Some(cur) = self.current {
+            let keep = self.slice_used < self.cfg.slice_ns
+                && has_work(cur)
+                && self.lru.iter().any(|s| s.id == cur && s.left > 0);
+            if keep {
+                return Some(cur);
+            }
+        }
+        // The most credit (least debt) per unit of weight, least recently picked first on ties.
+        let pos = self
+            .lru
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| has_work(s.id))
+            .min_by_key(|(_, s)| -(i128::from(s.left) * WEIGHT_LCM / i128::from(s.weight)))
+            .map(|(i, _)| i)?;
+        let s = self.lru.remove(pos)?;
+        self.lru.push_back(s);
+        if self.current != Some(s.id) {
+            self.slice_used = 0;
+        }
+        self.current = Some(s.id);
+        Some(s.id)
+    }
+
+    /// Charges `ns` of engine time to `id`; balances at period ends.
+    pub fn charge(&mut self, id: VgpuId, ns: u64) {
+        let ns_i = i64::try_from(ns).unwrap_or(i64::MAX);
+        if let Some(s) = self.lru.iter_mut().find(|s| s.id == id) {
+            s.left = s.left.saturating_sub(ns_i);
+        }
+        self.slice_used = self.slice_used.saturating_add(ns);
+        self.period_used = self.period_used.saturating_add(ns);
+        while self.period_used >= self.cfg.period_ns.max(1) {
+            self.period_used -= self.cfg.period_ns.max(1);
+            self.balance();
+        }
+    }
+
+    fn balance(&mut self) {
+        self.stage = (self.stage + 1) % self.cfg.stages.max(1);
+        let period = i64::try_from(self.cfg.period_ns).unwrap_or(i64::MAX);
+        for s in self.lru.iter_mut() {
+            s.left = if self.stage == 0 { s.alloc } else { s.left.saturating_add(s.alloc).clamp(-period, 2 * s.alloc) };
+        }
+    }
+
+    /// The vGPU picked last.
+    pub fn current(&self) -> Option<VgpuId> {
+        self.current
+    }
+
+    /// `(id, weight, left)` of each vGPU, for statistics.
+    pub fn shares(&self) -> Vec<(VgpuId, u8, i64)> {
+        self.lru.iter().map(|s| (s.id, s.weight, s.left)).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Runs saturated vGPUs with the given weights and workload sizes for `total` ns; returns
+    /// each one's share of engine time.
+    fn simulate(weights: &[u8], job_ns: &[u64], total: u64, busy: impl Fn(usize, u64) -> bool) -> Vec<f64> {
+        let mut p = Policy::new(PolicyConfig::default());
+        for (i, &w) in weights.iter().enumerate() {
+            p.add(i as VgpuId, w);
+        }
+        let mut used = vec![0u64; weights.len()];
+        let mut now = 0;
+        while now < total {
+            let Some(id) = p.pick(|id| busy(id as usize, now)) else {
+                now += 1000;
+                continue;
+            };
+            let ns = job_ns[id as usize];
+            p.charge(id, ns);
+            used[id as usize] += ns;
+            now += ns;
+        }
+        let sum: u64 = used.iter().sum();
+        used.iter().map(|&u| u as f64 / sum as f64).collect()
+    }
+
+    #[test]
+    fn weights_1_2_4_8_become_shares() {
+        let shares = simulate(&[1, 2, 4, 8], &[100_000, 130_000, 70_000, 250_000], 3_000_000_000, |_, _| true);
+        for (s, w) in shares.iter().zip([1.0, 2.0, 4.0, 8.0]) {
+            let target = w / 15.0;
+            assert!((s - target).abs() / target < 0.02, "{shares:?}");
+        }
+    }
+
+    #[test]
+    fn one_busy_among_idle_keeps_the_engine() {
+        let mut p = Policy::new(PolicyConfig::default());
+        for i in 0..8 {
+            p.add(i, 4);
+        }
+        for _ in 0..10_000 {
+            assert_eq!(p.pick(|id| id == 3), Some(3));
+            p.charge(3, 100_000);
+        }
+    }
+
+    #[test]
+    fn a_waking_vgpu_gets_its_share_soon() {
+        // vGPU 1 idles for 2 s while 0 runs alone, then both are busy: 1 must not wait out 0's
+        // debt for long, nor monopolise the engine with hoarded credit.
+        let shares = simulate(&[1, 1], &[50_000, 50_000], 4_000_000_000, |id, now| id == 0 || now > 2_000_000_000);
+        assert!(shares[1] > 0.4 * 0.5 && shares[1] < 0.5, "{shares:?}");
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(24))]
+        /// Any weights and workload sizes up to a tenth of a slice: shares within 2% of the weights.
+        #[test]
+        fn shares_follow_weights(ws in proptest::collection::vec(1u8..=16, 2..6), seed in 1u64..1000) {
+            let jobs: Vec<u64> = (0..ws.len()).map(|i| 20_000 + (seed * (i as u64 + 7) * 7919) % 80_000).collect();
+            let shares = simulate(&ws, &jobs, 2_000_000_000, |_, _| true);
+            let total: f64 = ws.iter().map(|&w| f64::from(w)).sum();
+            for (s, &w) in shares.iter().zip(&ws) {
+                let target = f64::from(w) / total;
+                prop_assert!((s - target).abs() < 0.02 * target.max(0.05), "{:?} {:?}", ws, shares);
+            }
+        }
+    }
+}

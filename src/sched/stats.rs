@@ -1,0 +1,74 @@
+//! Per-vGPU scheduling statistics.
+
+use std::collections::BTreeMap;
+
+/// Latency samples kept per vGPU (the oldest are kept; later ones are counted but not sampled).
+const MAX_SAMPLES: usize = 1 << 20;
+
+/// What the scheduler measured for one vGPU.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct VgpuStats {
+    /// Workloads completed successfully.
+    pub completed: u64,
+    /// Workloads that hung or faulted on the engine.
+    pub failed: u64,
+    /// Queued workloads dropped because an earlier one failed or the queue was reset.
+    pub cancelled: u64,
+    /// Workloads refused before they were queued (scanner rejections, a hung queue), by reason.
+    pub rejections: BTreeMap<String, u64>,
+    /// Engine time used, ns, per engine index.
+    pub engine_ns: [u64; 5],
+    /// Wall time spent inside the host backend, ns (what "engine time excluded" subtracts).
+    pub host_wall_ns: u64,
+    /// Submission-to-completion latencies, ns (the first 2^20).
+    pub latencies_ns: Vec<u64>,
+}
+
+impl VgpuStats {
+    pub(crate) fn latency(&mut self, ns: u64) {
+        if self.latencies_ns.len() < MAX_SAMPLES {
+            self.latencies_ns.push(ns);
+        }
+    }
+
+    /// Records a workload refused before queueing.
+    pub fn reject(&mut self, reason: &str) {
+        *self.rejections.entry(reason.to_string()).or_insert(0) += 1;
+    }
+
+    /// Engine time over every engine, ns.
+    pub fn total_engine_ns(&self) -> u64 {
+        self.engine_ns.iter().sum()
+    }
+
+    /// The `p`-th percentile latency (0..=100), ns.
+    pub fn latency_percentile(&self, p: f64) -> Option<u64> {
+        let mut v = self.latencies_ns.clone();
+        if v.is_empty() {
+            return None;
+        }
+        v.sort_unstable();
+        let i = ((p.clamp(0.0, 100.0) / 100.0) * (v.len() - 1) as f64).round() as usize;
+        v.get(i).copied()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles() {
+        let mut s = VgpuStats::default();
+        assert_eq!(s.latency_percentile(50.0), None);
+        for i in 1..=100 {
+            s.latency(i);
+        }
+        assert_eq!(s.latency_percentile(50.0), Some(51));
+        assert_eq!(s.latency_percentile(99.0), Some(99));
+        assert_eq!(s.latency_percentile(0.0), Some(1));
+        s.reject("scan");
+        s.reject("scan");
+        assert_eq!(s.rejections.get("scan"), Some(&2));
+    }
+}

@@ -8,3 +8,4 @@ pub mod host;
 pub mod hw;
 pub mod mm;
 pub mod sched;
+pub mod vgpu;

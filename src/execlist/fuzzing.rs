@@ -36,7 +36,13 @@ pub fn elsp_bytes(data: &[u8]) -> Result<bool, String> {
     let windows = GmWindows { aperture: AP, hidden: GmRange::default() };
     let mut ggtt = LinearTranslation::new();
     ggtt.map(AddrSpace::Ggtt, AP, GuestAddress(0));
-    let params = WorkloadParams { gen, engine, windows, limits: ScanLimits { max_bytes: 1 << 20, max_batches: 64 } };
+    let params = WorkloadParams {
+        gen,
+        engine,
+        windows,
+        limits: ScanLimits { max_bytes: 1 << 20, max_batches: 64 },
+        resume_head: None,
+    };
     let mut host = HostTables::default();
     let mut ppgtt = ShadowPpgtt::new(&mut host, PpgttLimits { max_tables: 128, max_roots: 4 }, Box::new(Revalidate))
         .map_err(|e| e.to_string())?;

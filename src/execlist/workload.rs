@@ -34,6 +34,9 @@ pub struct WorkloadParams {
     pub windows: GmWindows,
     /// Scan bounds.
     pub limits: ScanLimits,
+    /// Ring head to start from instead of the image's RING_HEAD: the tail of the workload of the
+    /// same context still queued or running (a lite restore), whose write-back has not happened.
+    pub resume_head: Option<u32>,
 }
 
 /// A workload ready to be shadowed into a host context and queued.
@@ -89,7 +92,10 @@ where
     G: GmTranslate,
     H: DmaMapper + ShadowMemory + ?Sized,
 {
-    let guest = read_guest_context(mem, ggtt, &p.windows, p.engine, p.gen, desc.lrca())?;
+    let mut guest = read_guest_context(mem, ggtt, &p.windows, p.engine, p.gen, desc.lrca())?;
+    if let Some(head) = p.resume_head.filter(|&h| h < guest.ring.ring.size && h % 8 == 0) {
+        guest.ring.ring.head = head;
+    }
     let root = match desc.addressing_mode() {
         AddressingMode::Legacy64 => PpgttRoot::L4(guest.pdps[0]),
         AddressingMode::Legacy32 => PpgttRoot::L3(guest.pdps),
@@ -210,6 +216,7 @@ mod tests {
             engine,
             windows: GmWindows { aperture: AP, hidden: GmRange::default() },
             limits: ScanLimits::default(),
+            resume_head: None,
         }
     }
 

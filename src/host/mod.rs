@@ -110,11 +110,13 @@ pub enum HostError {
     Attach(String),
 }
 
-/// The host side of one vGPU's memory: guest pages mapped for the GPU, shadow page-table pages,
-/// and the host GGTT. Dropping it releases everything it holds.
-pub trait VgpuMemory: DmaMapper + ShadowMemory + HostGgtt + Send + std::fmt::Debug {
+/// The host side of one vGPU's memory: guest pages mapped for the GPU and shadow page-table
+/// pages. Dropping it releases everything it holds.
+pub trait VgpuMemory: DmaMapper + ShadowMemory + Send + std::fmt::Debug {
     /// A host page the vGPU's invalid GGTT entries point at.
     fn scratch_page(&self) -> u64;
+    /// A writer of the host GGTT for the vGPU's virtual GGTT.
+    fn ggtt_writer(&self) -> Box<dyn HostGgtt + Send>;
 }
 
 /// A physical Gen8/Gen9 GPU as the scheduler uses it. Every method may be called from any

@@ -496,14 +496,22 @@ impl crate::mm::ShadowMemory for SimVgpuMemory {
     }
 }
 
-impl crate::mm::HostGgtt for SimVgpuMemory {
+/// Writes the software GPU's host GGTT.
+#[derive(Debug)]
+pub struct SimGgttWriter(Arc<SimMemory>);
+
+impl crate::mm::HostGgtt for SimGgttWriter {
     fn write_pte(&mut self, index: u64, pte: u64) {
-        self.mem.write_pte(index, pte);
+        self.0.write_pte(index, pte);
     }
 }
 
 impl crate::host::VgpuMemory for SimVgpuMemory {
     fn scratch_page(&self) -> u64 {
         self.scratch
+    }
+
+    fn ggtt_writer(&self) -> Box<dyn crate::mm::HostGgtt + Send> {
+        Box::new(SimGgttWriter(self.mem.clone()))
     }
 }

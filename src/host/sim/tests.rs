@@ -32,9 +32,10 @@ fn rig_with(engine: Engine, cost: CostModel) -> Rig {
     let gpu = SimGpu::new(SimConfig { cost, ..SimConfig::default() });
     let guest = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 16 << 20)]).unwrap();
     let mut vm = gpu.attach_vgpu(Arc::new(guest.clone())).unwrap();
+    let mut ggtt = vm.ggtt_writer();
     for i in 0..1024u64 {
         let h = vm.map_page(GuestAddress(i * 4096)).unwrap();
-        vm.write_pte(WIN / 4096 + i, h | 1);
+        ggtt.write_pte(WIN / 4096 + i, h | 1);
     }
     // Guest page tables: PML4[0] -> PDP, PDP[1] -> PD, PD[0] -> PT, PT[i] -> VA_GPA + i pages.
     let w = |a: u64, v: u64| guest.write_obj(v, GuestAddress(a)).unwrap();

@@ -1,0 +1,369 @@
+//! The submission side of a vGPU: per engine a virtual execlist, a shadow context and the path
+//! from an ELSP write to the scheduler and back.
+//!
+//! On the fourth ELSP dword the submission is validated, each element becomes a workload (guest
+//! context read through the virtual GGTT, PPGTT shadowed and pinned, ring and batches copied and
+//! scanned) and is queued on the scheduler; the CSB gets its idle-to-active event. On the engine
+//! thread the shadow context is built and run on the host; on completion it is written back, the
+//! PPGTT root unpinned, the CSB updated (registers and the guest's status page) and the interrupts
+//! raised through the VMM's callback. A workload that fails the scan, hangs or faults leaves the
+//! engine busy from the guest's view (a virtual hang the guest's hang check sees); the guest
+//! recovers with an engine reset ([`VgpuEngines::reset_engines`]).
+
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use vm_memory::GuestMemory;
+
+use crate::cmd::{AddrSpace, Events, GmWindows, ScanLimits, ScanParams, SplitTranslation};
+use crate::context::{ShadowContext, ShadowPlan};
+use crate::execlist::{create_workload, ExeclistError, VirtualExeclist, Workload, WorkloadError, WorkloadParams};
+use crate::host::{HostGpu, HostJob, RunReport, VgpuMemory};
+use crate::hw::{Engine, EngineMask, Gen};
+use crate::mm::ppgtt::{PpgttLimits, Revalidate};
+use crate::mm::{GgttError, HostGgtt, PpgttError, ShadowPpgtt, VirtualGgtt};
+use crate::sched::{Job, JobError, SchedError, Scheduler, VgpuId};
+
+/// Errors of the submission side, each about one guest action.
+#[derive(Debug, thiserror::Error)]
+pub enum VgpuError {
+    /// The ELSP submission was malformed.
+    #[error("{engine} ELSP: {why}")]
+    Execlist {
+        /// Engine.
+        engine: Engine,
+        /// Why.
+        why: ExeclistError,
+    },
+    /// A submitted context cannot run (scan or shadowing failure); the engine is now hung.
+    #[error("{engine} workload rejected: {why}")]
+    Rejected {
+        /// Engine.
+        engine: Engine,
+        /// Why.
+        why: WorkloadError,
+    },
+    /// The scheduler refused the workload.
+    #[error(transparent)]
+    Sched(#[from] SchedError),
+    /// A GTT access failed.
+    #[error(transparent)]
+    Ggtt(#[from] GgttError),
+    /// PPGTT setup failed.
+    #[error(transparent)]
+    Ppgtt(#[from] PpgttError),
+    /// The host could not take the vGPU.
+    #[error(transparent)]
+    Host(#[from] crate::host::HostError),
+    /// The engine is not present.
+    #[error("no {0} engine")]
+    NoEngine(Engine),
+}
+
+/// What the VMM's interrupt callback is told: the engine, whether its context-switch interrupt
+/// fired (new CSB events) and which user interrupts the completed workload raised.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EngineIrq {
+    /// Engine.
+    pub engine: Engine,
+    /// New CSB events.
+    pub context_switch: bool,
+    /// Interrupts the workload's commands asked for.
+    pub events: Events,
+}
+
+/// What a vGPU's submission side needs to know.
+#[derive(Clone, Copy, Debug)]
+pub struct VgpuConfig {
+    /// Scheduler id.
+    pub id: VgpuId,
+    /// Generation.
+    pub gen: Gen,
+    /// Its GGTT windows.
+    pub windows: GmWindows,
+    /// Scan bounds per workload.
+    pub limits: ScanLimits,
+    /// Scheduling weight, 1..=16.
+    pub weight: u8,
+}
+
+struct Mm {
+    ggtt: VirtualGgtt,
+    ppgtt: ShadowPpgtt,
+    host: Box<dyn VgpuMemory>,
+    writer: Box<dyn HostGgtt + Send>,
+}
+
+struct EngineSide {
+    execlist: VirtualExeclist,
+    shadow: ShadowContext,
+    /// GGTT address of the engine's status page (HWS_PGA), where CSB events are mirrored.
+    hws_pga: Option<u64>,
+    /// LRCA and tail of the last workload created (for lite restores).
+    last: Option<(u64, u32)>,
+    /// A workload failed: the guest sees the engine hung until it resets it.
+    hung: bool,
+}
+
+type IrqFn = dyn Fn(EngineIrq) + Send + Sync;
+
+struct Shared<M> {
+    cfg: VgpuConfig,
+    mem: M,
+    mm: Mutex<Mm>,
+    engines: Vec<Option<Mutex<EngineSide>>>,
+    sched: Arc<Scheduler>,
+    irq: Box<IrqFn>,
+}
+
+/// The submission side of one vGPU.
+pub struct VgpuEngines<M> {
+    shared: Arc<Shared<M>>,
+}
+
+impl<M> std::fmt::Debug for VgpuEngines<M> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VgpuEngines").field("id", &self.shared.cfg.id).finish()
+    }
+}
+
+impl<M: GuestMemory + Clone + Send + Sync + 'static> VgpuEngines<M> {
+    /// Creates the vGPU on the scheduler's GPU; `irq` is called on every interrupt it raises.
+    pub fn new(
+        cfg: VgpuConfig,
+        mem: M,
+        sched: Arc<Scheduler>,
+        irq: impl Fn(EngineIrq) + Send + Sync + 'static,
+    ) -> Result<Self, VgpuError> {
+        let host_gpu = sched.host().clone();
+        let mut host = host_gpu.attach_vgpu(Arc::new(mem.clone()))?;
+        let mut writer = host.ggtt_writer();
+        let mut ggtt = VirtualGgtt::new(cfg.windows, host.scratch_page());
+        ggtt.reset(&mut *host, &mut *writer);
+        let ppgtt = ShadowPpgtt::new(&mut *host, PpgttLimits::default(), Box::new(Revalidate))?;
+        sched.add_vgpu(cfg.id, cfg.weight)?;
+        let engines = Engine::ALL
+            .iter()
+            .map(|&e| {
+                host_gpu.engines().has(e).then(|| {
+                    Mutex::new(EngineSide {
+                        execlist: VirtualExeclist::new(crate::context::context_size(cfg.gen, e)),
+                        shadow: ShadowContext::new(cfg.gen, e),
+                        hws_pga: None,
+                        last: None,
+                        hung: false,
+                    })
+                })
+            })
+            .collect();
+        let mm = Mutex::new(Mm { ggtt, ppgtt, host, writer });
+        Ok(VgpuEngines { shared: Arc::new(Shared { cfg, mem, mm, engines, sched, irq: Box::new(irq) }) })
+    }
+
+    fn side(&self, engine: Engine) -> Result<&Mutex<EngineSide>, VgpuError> {
+        self.shared.engines.get(engine.index()).and_then(Option::as_ref).ok_or(VgpuError::NoEngine(engine))
+    }
+
+    /// A guest write of `size` bytes to the GTT part of BAR0 at `offset`.
+    pub fn write_gtt(&self, offset: u64, size: usize, value: u64) -> Result<(), VgpuError> {
+        let mut mm = self.shared.mm.lock();
+        let Mm { ggtt, host, writer, .. } = &mut *mm;
+        Ok(ggtt.write(&self.shared.mem, &mut **host, &mut **writer, offset, size, value)?)
+    }
+
+    /// The guest programmed the engine's status page address (HWS_PGA).
+    pub fn set_hws_pga(&self, engine: Engine, gma: u64) -> Result<(), VgpuError> {
+        self.side(engine)?.lock().hws_pga = Some(gma);
+        Ok(())
+    }
+
+    /// Reads an execlist register (offset relative to the engine base).
+    pub fn read_execlist(&self, engine: Engine, off: u32) -> Option<u32> {
+        self.side(engine).ok()?.lock().execlist.read(off)
+    }
+
+    /// A guest write to the CSB pointer register.
+    pub fn write_csb_ptr(&self, engine: Engine, value: u32) -> Result<(), VgpuError> {
+        self.side(engine)?.lock().execlist.write_csb_ptr(value);
+        Ok(())
+    }
+
+    /// A guest write to an engine's ELSP.
+    pub fn write_elsp(&self, engine: Engine, value: u32) -> Result<(), VgpuError> {
+        let s = &self.shared;
+        let side = self.side(engine)?;
+        let mut es = side.lock();
+        let sub = match es.execlist.write_elsp(value, &s.cfg.windows) {
+            Ok(Some(sub)) => sub,
+            Ok(None) => return Ok(()),
+            Err(why) => return Err(VgpuError::Execlist { engine, why }),
+        };
+        if es.hung {
+            s.sched.record_rejection(s.cfg.id, "engine hung: submission before reset");
+            return Err(VgpuError::Sched(SchedError::QueueHung { vgpu: s.cfg.id, engine }));
+        }
+        // Workloads for both elements first: a rejected element runs nothing of the submission.
+        let mut works = Vec::with_capacity(2);
+        for desc in sub.elements.into_iter().flatten() {
+            let resume_head = es.last.and_then(|(lrca, tail)| (lrca == desc.lrca()).then_some(tail));
+            let p =
+                WorkloadParams { gen: s.cfg.gen, engine, windows: s.cfg.windows, limits: s.cfg.limits, resume_head };
+            let created = {
+                let mut mm = s.mm.lock();
+                let Mm { ggtt, ppgtt, host, .. } = &mut *mm;
+                create_workload(&s.mem, &*ggtt, ppgtt, &mut **host, desc, &p)
+            };
+            match created {
+                Ok(w) => {
+                    es.last = Some((desc.lrca(), w.guest.ring.ring.tail));
+                    works.push(w);
+                }
+                Err(why) => {
+                    let mut mm = s.mm.lock();
+                    let Mm { ppgtt, host, .. } = &mut *mm;
+                    for w in works {
+                        let _ = ppgtt.unpin(&mut **host, w.root);
+                    }
+                    s.sched.record_rejection(s.cfg.id, reason_class(&why));
+                    es.hung = true;
+                    return Err(VgpuError::Rejected { engine, why });
+                }
+            }
+        }
+        let switch = es.execlist.schedule_in(&sub).map_err(|why| VgpuError::Execlist { engine, why })?;
+        self.shared.publish(&mut es, engine, switch.interrupt, Events::empty());
+        drop(es);
+        for w in works {
+            let job = Box::new(VgpuJob { shared: self.shared.clone(), engine, work: Some(w) });
+            s.sched.submit(s.cfg.id, engine, job)?;
+        }
+        Ok(())
+    }
+
+    /// Guest engine reset (GDRST) or device reset: drops queued work, waits for running work,
+    /// and returns the engines' execlists to their reset state.
+    pub fn reset_engines(&self, engines: EngineMask) -> Result<(), VgpuError> {
+        let s = &self.shared;
+        s.sched.reset_queue(s.cfg.id, engines)?;
+        for e in Engine::ALL.into_iter().filter(|e| engines.has(*e)) {
+            if let Ok(side) = self.side(e) {
+                let mut es = side.lock();
+                es.execlist.reset();
+                es.shadow.invalidate();
+                es.last = None;
+                es.hung = false;
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits until nothing of this vGPU is queued or running.
+    pub fn wait_idle(&self) {
+        self.shared.sched.wait_idle(self.shared.cfg.id);
+    }
+
+    /// The scheduler's statistics of this vGPU.
+    pub fn stats(&self) -> Option<crate::sched::VgpuStats> {
+        self.shared.sched.stats(self.shared.cfg.id)
+    }
+
+    /// The scheduler id.
+    pub fn id(&self) -> VgpuId {
+        self.shared.cfg.id
+    }
+}
+
+impl<M> Drop for VgpuEngines<M> {
+    fn drop(&mut self) {
+        let _ = self.shared.sched.remove_vgpu(self.shared.cfg.id);
+    }
+}
+
+fn reason_class(e: &WorkloadError) -> &'static str {
+    match e {
+        WorkloadError::Descriptor(_) => "descriptor",
+        WorkloadError::Context(_) => "context image",
+        WorkloadError::Ppgtt(_) => "page tables",
+        WorkloadError::Ring(_) => "command scan",
+        WorkloadError::WaBatch(_) => "workaround batch",
+    }
+}
+
+impl<M: GuestMemory + Send + Sync> Shared<M> {
+    /// Mirrors the CSB into the guest's status page and raises the interrupt.
+    fn publish(&self, es: &mut EngineSide, engine: Engine, context_switch: bool, events: Events) {
+        if let Some(hws) = es.hws_pga {
+            let mm = self.mm.lock();
+            es.execlist.mirror_to_hwsp(&self.mem, &mm.ggtt, hws, &self.cfg.windows);
+        }
+        if context_switch || !events.is_empty() {
+            (self.irq)(EngineIrq { engine, context_switch, events });
+        }
+    }
+}
+
+struct VgpuJob<M> {
+    shared: Arc<Shared<M>>,
+    engine: Engine,
+    work: Option<Workload>,
+}
+
+impl<M: GuestMemory + Send + Sync> Job for VgpuJob<M> {
+    fn execute(&mut self, host: &dyn HostGpu, engine: Engine) -> Result<RunReport, JobError> {
+        let s = &self.shared;
+        let w = self.work.as_mut().ok_or(JobError::Prepare("no workload".into()))?;
+        let side = s.engines.get(engine.index()).and_then(Option::as_ref).ok_or(JobError::Prepare("engine".into()))?;
+        let mut es = side.lock();
+        let l = host.layout(engine);
+        let plan = ShadowPlan {
+            ring_start: l.ring_start,
+            ring_size: l.ring_size,
+            head: 0,
+            tail: w.ring.ring.len_bytes() as u32,
+            root: w.shadow_root,
+            indirect_ctx: w.guest.indirect_ctx.map(|_| l.indirect_ctx),
+            bb_per_ctx: w.guest.bb_per_ctx.map(|_| l.bb_per_ctx),
+        };
+        let scan = ScanParams {
+            gen: s.cfg.gen,
+            engine,
+            windows: s.cfg.windows,
+            ring: w.guest.ring.ring,
+            surfaces: AddrSpace::Ppgtt,
+            hwsp: Some(w.guest.lrca),
+            limits: s.cfg.limits,
+        };
+        {
+            let mm = s.mm.lock();
+            let xlate = SplitTranslation { ggtt: &mm.ggtt, ppgtt: mm.ppgtt.translator(w.root) };
+            es.shadow.populate(&s.mem, &xlate, &w.guest, &plan, &scan).map_err(|e| JobError::Prepare(e.to_string()))?;
+        }
+        let legacy32 = matches!(w.root, crate::mm::PpgttRoot::L3(_));
+        let job = HostJob { ring: &mut w.ring, wa: w.wa.as_mut(), context: &mut es.shadow, legacy32 };
+        let report = host.run(engine, job)?;
+        let mm = s.mm.lock();
+        es.shadow.write_back(&s.mem, &mm.ggtt, &w.guest).map_err(|e| JobError::Prepare(e.to_string()))?;
+        Ok(report)
+    }
+
+    fn complete(mut self: Box<Self>, result: Result<RunReport, JobError>) {
+        let s = &self.shared;
+        let Some(w) = self.work.take() else { return };
+        {
+            let mut mm = s.mm.lock();
+            let Mm { ppgtt, host, .. } = &mut *mm;
+            let _ = ppgtt.unpin(&mut **host, w.root);
+        }
+        let Some(side) = s.engines.get(self.engine.index()).and_then(Option::as_ref) else { return };
+        let mut es = side.lock();
+        match result {
+            Ok(_) => match es.execlist.schedule_out() {
+                Ok(switch) => s.publish(&mut es, self.engine, switch.interrupt, w.ring.events),
+                Err(_) => es.hung = true,
+            },
+            // Cancelled by a reset: nothing to tell the guest. Failed: the engine stays busy.
+            Err(JobError::Cancelled(_)) => {}
+            Err(_) => es.hung = true,
+        }
+    }
+}

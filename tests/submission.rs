@@ -74,7 +74,6 @@ impl Guest {
         let put = |i: usize, v: u32| w32(&self.mem, state + 4 * i as u64, &[v]);
         put(idx::RING_START, ring as u32);
         put(idx::RING_CTL, 1);
-        put(idx::RING_HEAD, 0);
         put(idx::RING_TAIL, c.len_bytes() as u32);
         put(idx::PDP3_UDW + 14, PML4 as u32);
         let desc = lrca | (3 << 3) | (1 << 8) | 1;
@@ -173,4 +172,31 @@ fn an_escape_is_rejected_and_the_other_vgpu_is_untouched() {
     bad.vgpu.wait_idle();
     assert_eq!(bad.mem.read_obj::<u32>(GuestAddress(PT_GPA + 0x10)).unwrap(), 5);
     assert_eq!(good.mem.read_obj::<u32>(GuestAddress(PT_GPA + 0x10)).unwrap(), 0, "separate memories");
+}
+
+#[test]
+fn resubmitting_a_running_context_continues_its_ring() {
+    let (sched, mut gm) = setup();
+    let g = Guest::new(1, &sched, &mut gm);
+    let (ring, lrca) = (g.base, g.base + 0x1_0000);
+    // Three submissions of one context, each adding a store to the ring (tail grows): whether
+    // they meet as lite restores or run one by one, each store runs exactly once.
+    let mut cmds = CmdBuf::new();
+    for i in 0..3u64 {
+        cmds.raw(&[0x1780_0001 | 5 << 8, (VA + 0x100) as u32, (VA >> 32) as u32]); // MI_ATOMIC INC
+        cmds.store_dword(AddrSpace::Ppgtt, VA + 0x200 + 4 * i, i as u32 + 1).noop(1);
+        let c = cmds.clone();
+        // Only the new part runs: the head resumes at the previous tail.
+        g.submit(Engine::Bcs, lrca, ring, &c).unwrap();
+    }
+    g.vgpu.wait_idle();
+    assert_eq!(g.mem.read_obj::<u32>(GuestAddress(PT_GPA + 0x100)).unwrap(), 3, "each command ran once");
+    for i in 0..3u64 {
+        assert_eq!(g.mem.read_obj::<u32>(GuestAddress(PT_GPA + 0x200 + 4 * i)).unwrap(), i as u32 + 1);
+    }
+    let s = g.vgpu.stats().unwrap();
+    assert_eq!((s.completed, s.failed), (3, 0));
+    // The engine is idle from the guest's view (no context running) and accepts more work.
+    assert_eq!(g.vgpu.read_execlist(Engine::Bcs, reg::STATUS_HI), Some(0));
+    g.submit(Engine::Bcs, lrca, ring, &cmds).unwrap();
 }

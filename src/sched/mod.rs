@@ -31,11 +31,12 @@ pub mod stats;
 mod tests;
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use parking_lot::{Condvar, Mutex, RwLock};
+use parking_lot::{Condvar, Mutex, MutexGuard, RwLock};
 
 use crate::host::{HostError, HostGpu, RunReport};
 use crate::hw::Engine;
@@ -151,7 +152,13 @@ struct EngineSched {
     list: Vec<SwitchedReg>,
     state: Mutex<EngineState>,
     cv: Condvar,
+    /// Bumped on every submission, so an idle engine thread can spin briefly before sleeping.
+    submissions: AtomicU64,
 }
+
+/// How long an idle engine thread watches for new work before it sleeps: a guest that submits
+/// again right after a completion (the common case) then costs no thread wake-up.
+const IDLE_SPIN: Duration = Duration::from_micros(50);
 
 struct Inner {
     host: Arc<dyn HostGpu>,
@@ -202,6 +209,7 @@ impl Scheduler {
                         shutdown: false,
                     }),
                     cv: Condvar::new(),
+                    submissions: AtomicU64::new(0),
                 }
             })
             .collect();
@@ -298,6 +306,7 @@ impl Scheduler {
                     Some(q) if q.jobs.len() >= MAX_QUEUED => Some(SchedError::QueueFull(id)),
                     Some(q) => {
                         q.jobs.push_back(Queued { job, at: Instant::now() });
+                        es.submissions.fetch_add(1, Ordering::Release);
                         es.cv.notify_all();
                         return Ok(());
                     }
@@ -455,6 +464,7 @@ fn engine_loop(inner: &Inner, index: usize) {
     loop {
         let (id, mut q) = {
             let mut st = e.state.lock();
+            let mut spun = false;
             let id = loop {
                 if st.shutdown {
                     return;
@@ -463,6 +473,16 @@ fn engine_loop(inner: &Inner, index: usize) {
                 let pick = policy.pick(|id| queues.get(&id).is_some_and(|q| !q.hung && !q.jobs.is_empty()));
                 match pick {
                     Some(id) => break id,
+                    None if !spun => {
+                        spun = true;
+                        let seen = e.submissions.load(Ordering::Acquire);
+                        MutexGuard::unlocked(&mut st, || {
+                            let t0 = Instant::now();
+                            while e.submissions.load(Ordering::Acquire) == seen && t0.elapsed() < IDLE_SPIN {
+                                std::hint::spin_loop();
+                            }
+                        });
+                    }
                     None => e.cv.wait(&mut st),
                 }
             };

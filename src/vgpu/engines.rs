@@ -10,6 +10,7 @@
 //! engine busy from the guest's view (a virtual hang the guest's hang check sees); the guest
 //! recovers with an engine reset ([`VgpuEngines::reset_engines`]).
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
@@ -17,7 +18,9 @@ use vm_memory::GuestMemory;
 
 use crate::cmd::{AddrSpace, Events, GmWindows, ScanLimits, ScanParams, SplitTranslation};
 use crate::context::{ShadowContext, ShadowPlan};
-use crate::execlist::{create_workload, ExeclistError, VirtualExeclist, Workload, WorkloadError, WorkloadParams};
+use crate::execlist::{
+    create_workload, CsbStatus, ExeclistError, VirtualExeclist, Workload, WorkloadError, WorkloadParams,
+};
 use crate::host::{HostGpu, HostJob, RunReport, VgpuMemory};
 use crate::hw::{Engine, EngineMask, Gen};
 use crate::mm::ppgtt::{PpgttLimits, Revalidate};
@@ -103,6 +106,9 @@ struct EngineSide {
     last: Option<(u64, u32)>,
     /// A workload failed: the guest sees the engine hung until it resets it.
     hung: bool,
+    /// Set on the last queued job when a lite restore supersedes it: it completes without a
+    /// CSB event (the guest sees one context that kept running).
+    last_job: Option<Arc<AtomicBool>>,
 }
 
 type IrqFn = dyn Fn(EngineIrq) + Send + Sync;
@@ -152,6 +158,7 @@ impl<M: GuestMemory + Clone + Send + Sync + 'static> VgpuEngines<M> {
                         hws_pga: None,
                         last: None,
                         hung: false,
+                        last_job: None,
                     })
                 })
             })
@@ -231,10 +238,18 @@ impl<M: GuestMemory + Clone + Send + Sync + 'static> VgpuEngines<M> {
             }
         }
         let switch = es.execlist.schedule_in(&sub).map_err(|why| VgpuError::Execlist { engine, why })?;
+        let lite = switch.events.iter().any(|e| e.status.contains(CsbStatus::LITE_RESTORE));
+        if lite {
+            if let Some(prev) = &es.last_job {
+                prev.store(true, Ordering::Release);
+            }
+        }
+        let flags: Vec<Arc<AtomicBool>> = works.iter().map(|_| Arc::new(AtomicBool::new(false))).collect();
+        es.last_job = flags.last().cloned();
         self.shared.publish(&mut es, engine, switch.interrupt, Events::empty());
         drop(es);
-        for w in works {
-            let job = Box::new(VgpuJob { shared: self.shared.clone(), engine, work: Some(w) });
+        for (w, superseded) in works.into_iter().zip(flags) {
+            let job = Box::new(VgpuJob { shared: self.shared.clone(), engine, work: Some(w), superseded });
             s.sched.submit(s.cfg.id, engine, job)?;
         }
         Ok(())
@@ -251,6 +266,7 @@ impl<M: GuestMemory + Clone + Send + Sync + 'static> VgpuEngines<M> {
                 es.execlist.reset();
                 es.shadow.invalidate();
                 es.last = None;
+                es.last_job = None;
                 es.hung = false;
             }
         }
@@ -306,6 +322,7 @@ struct VgpuJob<M> {
     shared: Arc<Shared<M>>,
     engine: Engine,
     work: Option<Workload>,
+    superseded: Arc<AtomicBool>,
 }
 
 impl<M: GuestMemory + Send + Sync> Job for VgpuJob<M> {
@@ -357,6 +374,9 @@ impl<M: GuestMemory + Send + Sync> Job for VgpuJob<M> {
         let Some(side) = s.engines.get(self.engine.index()).and_then(Option::as_ref) else { return };
         let mut es = side.lock();
         match result {
+            // A lite restore replaced this submission: the context keeps running; its user
+            // interrupts still fire.
+            Ok(_) if self.superseded.load(Ordering::Acquire) => s.publish(&mut es, self.engine, false, w.ring.events),
             Ok(_) => match es.execlist.schedule_out() {
                 Ok(switch) => s.publish(&mut es, self.engine, switch.interrupt, w.ring.events),
                 Err(_) => es.hung = true,

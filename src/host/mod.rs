@@ -9,6 +9,7 @@
 //! [`HostGpu::reset_engine`]. Each vGPU gets a [`VgpuMemory`] from [`HostGpu::attach_vgpu`]: the
 //! DMA mapper, shadow page-table memory and host GGTT writer its memory managers use.
 
+pub mod placement;
 pub mod sim;
 #[cfg(feature = "vfio")]
 pub mod vfio;

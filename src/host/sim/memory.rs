@@ -36,6 +36,11 @@ pub trait GuestDma: Send + Sync {
     fn dma_write(&self, gpa: u64, data: &[u8]) -> bool;
     /// Whether `[gpa, gpa + len)` is guest memory.
     fn dma_contains(&self, gpa: u64, len: u64) -> bool;
+    /// The guest's memory regions as mapped in this process: `(gpa, host address, length)`, for
+    /// backends that map them into an IOMMU.
+    fn host_regions(&self) -> Vec<(u64, u64, u64)> {
+        Vec::new()
+    }
 }
 
 impl<M: GuestMemory + Send + Sync> GuestDma for M {
@@ -49,6 +54,17 @@ impl<M: GuestMemory + Send + Sync> GuestDma for M {
 
     fn dma_contains(&self, gpa: u64, len: u64) -> bool {
         len == 0 || self.check_range(GuestAddress(gpa), len as usize, vm_memory::Permissions::ReadWrite)
+    }
+
+    fn host_regions(&self) -> Vec<(u64, u64, u64)> {
+        use vm_memory::{GuestMemoryBackend, GuestMemoryRegion, MemoryRegionAddress};
+        let Some(phys) = self.physical_memory() else { return Vec::new() };
+        phys.iter()
+            .filter_map(|r| {
+                let hva = r.get_host_address(MemoryRegionAddress(0)).ok()?;
+                Some((r.start_addr().0, hva as u64, r.len()))
+            })
+            .collect()
     }
 }
 
@@ -228,6 +244,36 @@ impl SimMemory {
         let r = v.write(AddrSpace::Ggtt, gma, data);
         self.finish(v);
         r
+    }
+
+    /// Writes host memory at `host` directly (host pages or attached guest memory).
+    pub fn write_host(&self, host: u64, data: &[u8]) -> bool {
+        let mut v = self.view(None);
+        let mut ok = true;
+        let mut done = 0;
+        while done < data.len() {
+            let at = host + done as u64;
+            let n = ((PAGE_SIZE - at % PAGE_SIZE) as usize).min(data.len() - done);
+            ok &= v.write_host(at, data.get(done..done + n).unwrap_or_default());
+            done += n;
+        }
+        self.finish(v);
+        ok
+    }
+
+    /// Reads host memory at `host` directly.
+    pub fn read_host(&self, host: u64, buf: &mut [u8]) -> bool {
+        let v = self.view(None);
+        let mut ok = true;
+        let mut done = 0;
+        while done < buf.len() {
+            let at = host + done as u64;
+            let n = ((PAGE_SIZE - at % PAGE_SIZE) as usize).min(buf.len() - done);
+            ok &= buf.get_mut(done..done + n).is_some_and(|b| v.read_host(at, b));
+            done += n;
+        }
+        self.finish(v);
+        ok
     }
 
     /// Writes host GGTT entry `index`.

@@ -27,6 +27,7 @@ mod blit;
 pub mod cost;
 mod exec;
 pub mod memory;
+pub mod mmio;
 #[cfg(test)]
 mod tests;
 
@@ -38,26 +39,12 @@ pub use cost::CostModel;
 use exec::{EngineCore, Exec, Stop};
 use memory::{SimMemory, SimVgpuMemory};
 
-use super::{EngineLayout, GuestDma, HostError, HostGpu, HostJob, RunReport, VgpuMemory};
-use crate::cmd::{GmWindows, ScannedWorkload, PAGE_SIZE};
-use crate::context::image::idx;
+use super::{placement, EngineLayout, GuestDma, HostError, HostGpu, HostJob, RunReport, VgpuMemory};
+use crate::cmd::{GmWindows, PAGE_SIZE};
 use crate::hw::{Engine, EngineMask, Gen};
 use crate::mm::{GmLayout, HostReserve, ShadowRoot};
 
 pub use exec::reg;
-
-/// GGTT bytes of each engine's shadow area in the host's hidden reserve.
-const ENGINE_AREA: u64 = 64 << 20;
-/// Offsets inside an engine's area.
-const RING_OFF: u64 = 0;
-const RING_SIZE: u64 = 2 << 20;
-const INDIRECT_OFF: u64 = RING_SIZE;
-const PER_CTX_OFF: u64 = INDIRECT_OFF + PAGE_SIZE;
-const PER_CTX_SIZE: u64 = 64 << 10;
-const CONTEXT_OFF: u64 = PER_CTX_OFF + PER_CTX_SIZE;
-const BATCH_OFF: u64 = 4 << 20;
-/// Shadow batches start on 64-byte boundaries.
-const BATCH_ALIGN: u64 = 64;
 
 /// What the software GPU models.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -101,6 +88,7 @@ pub struct SimGpu {
     cfg: SimConfig,
     mem: Arc<SimMemory>,
     engines: Vec<Option<Mutex<EngineSlot>>>,
+    mmio: mmio::Mmio,
 }
 
 /// Statistics of one engine.
@@ -119,7 +107,7 @@ impl SimGpu {
             .iter()
             .map(|&e| cfg.engines.has(e).then(|| Mutex::new(EngineSlot { core: EngineCore::new(e, cfg.gen), runs: 0 })))
             .collect();
-        let gpu = SimGpu { mem: Arc::new(SimMemory::new(cfg.layout.total)), cfg, engines };
+        let gpu = SimGpu { mem: Arc::new(SimMemory::new(cfg.layout.total)), cfg, engines, mmio: Default::default() };
         // Back each engine's per-process status page now: index stores may land there any time.
         for e in Engine::ALL.into_iter().filter(|&e| cfg.engines.has(e)) {
             let _ = gpu.stage(e, gpu.context_area(e), &[0; 1024]);
@@ -147,21 +135,22 @@ impl SimGpu {
 
     /// The GGTT range of the host's shadow areas, which no vGPU window may overlap.
     pub fn shadow_range(&self) -> GmWindows {
-        let base = self.area_base(Engine::Rcs);
-        GmWindows { aperture: crate::cmd::GmRange::new(base, ENGINE_AREA * 5), hidden: Default::default() }
+        let base = self.shadow_base();
+        GmWindows { aperture: crate::cmd::GmRange::new(base, placement::ENGINE_AREA * 5), hidden: Default::default() }
     }
 
     fn slot(&self, engine: Engine) -> Option<&Mutex<EngineSlot>> {
         self.engines.get(engine.index())?.as_ref()
     }
 
-    fn area_base(&self, engine: Engine) -> u64 {
-        self.cfg.layout.aperture + engine.index() as u64 * ENGINE_AREA
+    /// The first GGTT address of the shadow areas: the start of the host's hidden reserve.
+    fn shadow_base(&self) -> u64 {
+        self.cfg.layout.aperture
     }
 
     /// GGTT address of the engine's context area (page 0 is the per-process status page).
     pub fn context_area(&self, engine: Engine) -> u64 {
-        self.area_base(engine) + CONTEXT_OFF
+        placement::area_base(self.shadow_base(), engine) + placement::CONTEXT_OFF
     }
 
     /// Copies `dwords` into the host GGTT at `gma` (pages allocated on first use).
@@ -169,97 +158,6 @@ impl SimGpu {
         let bytes = zerocopy::IntoBytes::as_bytes(dwords);
         self.mem.stage_ggtt(gma, bytes).map_err(|why| HostError::Placement { engine, why })
     }
-
-    /// Places the workload's shadow buffers; returns nothing but leaves the relocated copies in
-    /// host memory.
-    fn place(&self, engine: Engine, job: &mut HostJob<'_>) -> Result<(), HostError> {
-        let base = self.area_base(engine);
-        let too_big = |what: &str| HostError::Placement { engine, why: format!("{what} does not fit its shadow area") };
-        let mut next = base + BATCH_OFF;
-        let end = base + ENGINE_AREA;
-        let mut bump = |b: &crate::cmd::ShadowBuffer| -> Option<u64> {
-            let at = next;
-            next = next.checked_add(b.len_bytes())?.checked_next_multiple_of(BATCH_ALIGN)?;
-            (next <= end).then_some(at)
-        };
-        let mut overflow = false;
-        job.ring.relocate(|_, b| {
-            bump(b).unwrap_or_else(|| {
-                overflow = true;
-                0
-            })
-        });
-        if overflow {
-            return Err(too_big("the batches"));
-        }
-        if job.ring.ring.len_bytes() >= RING_SIZE {
-            return Err(too_big("the ring"));
-        }
-        self.stage(engine, base + RING_OFF, &job.ring.ring.dwords)?;
-        stage_batches(self, engine, job.ring, None)?;
-        if let Some(wa) = job.wa.as_deref_mut() {
-            // The per-context batch (target of the start appended after the indirect context)
-            // goes to the fixed per-context area; its own batches and the rest to the arena.
-            let has_per_ctx = job.context.state(idx::BB_PER_CTX_PTR) & 1 != 0;
-            let n = wa.ring.dwords.len();
-            let per_ctx = has_per_ctx
-                .then(|| wa.relocs.iter().find(|r| r.buffer == 0 && r.dword + 3 == n).map(|r| r.target))
-                .flatten();
-            let per_ctx_at = base + PER_CTX_OFF;
-            let mut overflow = false;
-            wa.relocate(|i, b| {
-                if Some(i) == per_ctx {
-                    if b.len_bytes() > PER_CTX_SIZE {
-                        overflow = true;
-                    }
-                    return per_ctx_at;
-                }
-                bump(b).unwrap_or_else(|| {
-                    overflow = true;
-                    0
-                })
-            });
-            if overflow {
-                return Err(too_big("the workaround batches"));
-            }
-            let indirect = wa.ring.dwords.get(..if per_ctx.is_some() { n - 3 } else { n }).unwrap_or_default();
-            if indirect.len() as u64 * 4 > PAGE_SIZE {
-                return Err(too_big("the indirect context"));
-            }
-            self.stage(engine, base + INDIRECT_OFF, indirect)?;
-            stage_batches(self, engine, wa, per_ctx.map(|i| (i, per_ctx_at)))?;
-        }
-        Ok(())
-    }
-}
-
-/// Stages every batch of `w` where its relocations point (the fixed slot for `fixed`).
-fn stage_batches(
-    gpu: &SimGpu,
-    engine: Engine,
-    w: &ScannedWorkload,
-    fixed: Option<(usize, u64)>,
-) -> Result<(), HostError> {
-    // Relocations give each batch's placed address through the starts that name it.
-    let mut placed: Vec<Option<u64>> = vec![None; w.batches.len()];
-    for r in &w.relocs {
-        let Some(buf) = w.buffer(r.buffer) else { continue };
-        let (Some(&lo), Some(&hi)) = (buf.dwords.get(r.dword + 1), buf.dwords.get(r.dword + 2)) else { continue };
-        if let Some(p) = placed.get_mut(r.target) {
-            *p = Some(u64::from(lo) | u64::from(hi) << 32);
-        }
-    }
-    if let Some((i, at)) = fixed {
-        if let Some(p) = placed.get_mut(i) {
-            *p = Some(at);
-        }
-    }
-    for (b, at) in w.batches.iter().zip(placed) {
-        if let Some(at) = at {
-            gpu.stage(engine, at, &b.dwords)?;
-        }
-    }
-    Ok(())
 }
 
 /// Runs a loaded context: workaround batches, then the ring; then saves the listed registers.
@@ -329,14 +227,7 @@ impl HostGpu for SimGpu {
     }
 
     fn layout(&self, engine: Engine) -> EngineLayout {
-        let base = self.area_base(engine);
-        EngineLayout {
-            ring_start: base + RING_OFF,
-            ring_size: RING_SIZE as u32,
-            indirect_ctx: base + INDIRECT_OFF,
-            bb_per_ctx: base + PER_CTX_OFF,
-            bb_per_ctx_size: PER_CTX_SIZE,
-        }
+        placement::layout(self.shadow_base(), engine)
     }
 
     fn attach_vgpu(&self, guest: Arc<dyn GuestDma>) -> Result<Box<dyn VgpuMemory>, HostError> {
@@ -349,7 +240,10 @@ impl HostGpu for SimGpu {
     fn run(&self, engine: Engine, mut job: HostJob<'_>) -> Result<RunReport, HostError> {
         let slot = self.slot(engine).ok_or(HostError::NoEngine(engine))?;
         let mut slot = slot.lock();
-        self.place(engine, &mut job)?;
+        placement::place(self.shadow_base(), engine, &mut job, &mut |gma, dw| {
+            self.mem.stage_ggtt(gma, zerocopy::IntoBytes::as_bytes(dw))
+        })
+        .map_err(|why| HostError::Placement { engine, why })?;
         let pphwsp = self.context_area(engine);
         let mut exec = Exec::new(&self.mem, &mut slot.core, &self.cfg.cost);
         exec.pphwsp = pphwsp;

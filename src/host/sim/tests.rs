@@ -6,7 +6,8 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::*;
 use crate::cmd::emit::{CmdBuf, PostSync};
-use crate::cmd::{AddrSpace::Ggtt, AddrSpace::Ppgtt, BufferKind, Events, ScanStats, ShadowBuffer};
+use crate::cmd::{AddrSpace::Ggtt, AddrSpace::Ppgtt, BufferKind, Events, ScanStats, ScannedWorkload, ShadowBuffer};
+use crate::context::image::idx;
 use crate::context::ShadowContext;
 use crate::mm::ppgtt::{PpgttLimits, Revalidate};
 use crate::mm::{PpgttRoot, ShadowPpgtt};

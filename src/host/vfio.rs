@@ -344,7 +344,17 @@ impl<B: Bar0 + 'static, D: DmaSpace> VgpuMemory for VfioVgpuMemory<B, D> {
 }
 
 /// BAR0 of a device bound to vfio-pci (region 0).
-pub struct VfioBar0(pub Arc<vfio_ioctls::VfioDevice>);
+pub struct VfioBar0(Arc<vfio_ioctls::VfioDevice>);
+
+/// Opens the iGPU bound to vfio-pci at `sysfs` (e.g. `/sys/bus/pci/devices/0000:00:02.0`) in a new
+/// VFIO container: its BAR0 and the container's DMA space, for [`VfioGpu::new`].
+pub fn open(sysfs: &std::path::Path) -> Result<(VfioBar0, VfioDma), HostError> {
+    let err = |e: vfio_ioctls::VfioError| HostError::Attach(format!("VFIO: {e}"));
+    let container = Arc::new(vfio_ioctls::VfioContainer::new(None).map_err(err)?);
+    let ops: Arc<dyn vfio_ioctls::VfioOps> = container.clone();
+    let device = vfio_ioctls::VfioDevice::new(sysfs, ops, false).map_err(err)?;
+    Ok((VfioBar0(Arc::new(device)), VfioDma::new(container)))
+}
 
 impl Bar0 for VfioBar0 {
     fn read32(&self, off: u64) -> u32 {
@@ -381,8 +391,7 @@ pub struct VfioDma {
 }
 
 impl VfioDma {
-    /// DMA through `container`.
-    pub fn new(container: Arc<vfio_ioctls::VfioContainer>) -> Self {
+    fn new(container: Arc<vfio_ioctls::VfioContainer>) -> Self {
         let inner = DmaInner { next_iova: 56 << SLOT_SHIFT, guests: vec![None; 55], ..DmaInner::default() };
         VfioDma { container, inner: Mutex::new(inner) }
     }

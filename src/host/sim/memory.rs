@@ -28,7 +28,7 @@ const HOST_BASE: u64 = 56 << SLOT_SHIFT;
 const MAX_HOST_PAGES: usize = 1 << 20;
 
 /// A guest's memory as the GPU reaches it by DMA. Implemented for every
-/// [`GuestMemory`](vm_memory::GuestMemory) that can be shared between threads.
+/// `GuestMemory` that can be shared between threads.
 pub trait GuestDma: Send + Sync {
     /// Reads `buf.len()` bytes at guest physical `gpa`; false if any byte is not guest memory.
     fn dma_read(&self, gpa: u64, buf: &mut [u8]) -> bool;

@@ -147,6 +147,22 @@ pub enum CopyFault {
     BadGuestAddress(u64),
 }
 
+/// Splits `[addr, addr + len)` at page boundaries: each item is the address of a piece and its
+/// range of byte offsets from `addr` (addresses wrap around like the engine's adder).
+pub fn page_chunks(addr: u64, len: usize) -> impl Iterator<Item = (u64, std::ops::Range<usize>)> {
+    let mut done = 0usize;
+    std::iter::from_fn(move || {
+        if done >= len {
+            return None;
+        }
+        let at = addr.wrapping_add(done as u64);
+        let n = ((PAGE_SIZE - at % PAGE_SIZE) as usize).min(len - done);
+        let r = done..done + n;
+        done += n;
+        Some((at, r))
+    })
+}
+
 /// Copies `buf.len()` bytes starting at graphics address `gma` of `space` into `buf`, page by
 /// page through `xlate`.
 pub fn copy_from_gm<M, T>(mem: &M, xlate: &T, space: AddrSpace, gma: u64, buf: &mut [u8]) -> Result<(), CopyFault>
@@ -172,6 +188,14 @@ where
 mod tests {
     use super::*;
     use vm_memory::GuestMemoryMmap;
+
+    #[test]
+    fn page_chunks_split_at_page_boundaries() {
+        let c: Vec<_> = page_chunks(0xff8, 0x1010).collect();
+        assert_eq!(c, [(0xff8, 0..8), (0x1000, 8..0x1008), (0x2000, 0x1008..0x1010)]);
+        assert_eq!(page_chunks(0, 0).count(), 0);
+        assert_eq!(page_chunks(u64::MAX - 3, 8).collect::<Vec<_>>(), [(u64::MAX - 3, 0..4), (0, 4..8)]);
+    }
 
     #[test]
     fn windows_never_straddle() {

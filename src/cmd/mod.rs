@@ -20,7 +20,8 @@ mod workload;
 
 pub use error::{BufferKind, Location, Reason, ScanError};
 pub use memory::{
-    copy_from_gm, AddrSpace, CopyFault, GmRange, GmTranslate, GmWindows, LinearTranslation, SplitTranslation, PAGE_SIZE,
+    copy_from_gm, page_chunks, AddrSpace, CopyFault, GmRange, GmTranslate, GmWindows, LinearTranslation,
+    SplitTranslation, PAGE_SIZE,
 };
 pub(crate) use scan::fault_reason;
 pub use scan::{scan_context_image, scan_dwords, scan_ring, RingSpec, ScanLimits, ScanObserver, ScanParams, Verdict};

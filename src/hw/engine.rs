@@ -57,6 +57,17 @@ impl Engine {
         }
     }
 
+    /// The engine's bit in GDRST (bit 0 resets the whole GPU).
+    pub const fn gdrst_bit(self) -> u32 {
+        match self {
+            Engine::Rcs => 1 << 1,
+            Engine::Vcs => 1 << 2,
+            Engine::Bcs => 1 << 3,
+            Engine::Vecs => 1 << 4,
+            Engine::Vcs2 => 1 << 5,
+        }
+    }
+
     /// Short lower-case name as used by i915 and on the command line (`rcs`, `bcs`, ...).
     pub const fn name(self) -> &'static str {
         match self {

@@ -40,6 +40,24 @@ pub enum Platform {
     CometLake,
 }
 
+impl Gen {
+    /// Engine timestamp ticks (TIMESTAMP, CTX_TIMESTAMP) in `ns`: 12.5 MHz on Gen8, 12 MHz on Gen9.
+    pub const fn timestamp_ticks(self, ns: u64) -> u64 {
+        match self {
+            Gen::Gen8 => ns / 80,
+            Gen::Gen9 => ns.saturating_mul(3) / 250,
+        }
+    }
+
+    /// Nanoseconds of `ticks` engine timestamp ticks.
+    pub const fn timestamp_ns(self, ticks: u64) -> u64 {
+        match self {
+            Gen::Gen8 => ticks.saturating_mul(80),
+            Gen::Gen9 => ticks.saturating_mul(250) / 3,
+        }
+    }
+}
+
 impl Platform {
     /// Every supported platform.
     pub const ALL: [Platform; 5] =

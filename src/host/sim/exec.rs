@@ -90,12 +90,9 @@ impl EngineCore {
         self.engine.mmio_base()
     }
 
-    /// Engine clock ticks for `ns` (12.5 MHz on Gen8, 12 MHz on Gen9).
+    /// Engine clock ticks for `ns`.
     fn ticks(&self, ns: u64) -> u64 {
-        match self.gen {
-            Gen::Gen8 => ns / 80,
-            Gen::Gen9 => ns.saturating_mul(3) / 250,
-        }
+        self.gen.timestamp_ticks(ns)
     }
 
     pub fn read(&self, r: u32) -> u32 {

@@ -13,7 +13,7 @@ use parking_lot::{RwLock, RwLockReadGuard};
 use vm_memory::{Bytes, GuestAddress, GuestMemory};
 use zerocopy::IntoBytes;
 
-use crate::cmd::{AddrSpace, PAGE_SIZE};
+use crate::cmd::{page_chunks, AddrSpace, PAGE_SIZE};
 use crate::mm::ggtt::{PTE_ADDR_MASK, PTE_PRESENT};
 use crate::mm::ppgtt::entry::walk_tables;
 use crate::mm::ShadowRoot;
@@ -199,11 +199,8 @@ impl SimMemory {
     /// Writes `data` at GGTT address `gma` of the host's own memory, backing each page not yet
     /// mapped with a fresh host page (the host's shadow areas).
     pub fn stage_ggtt(&self, gma: u64, data: &[u8]) -> Result<(), String> {
-        let mut done = 0;
-        while done < data.len() {
-            let at = gma + done as u64;
+        for (at, r) in page_chunks(gma, data.len()) {
             let index = at / PAGE_SIZE;
-            let n = ((PAGE_SIZE - at % PAGE_SIZE) as usize).min(data.len() - done);
             let mut pte = self.read_pte(index);
             if pte & PTE_PRESENT == 0 {
                 if index >= self.ggtt_entries() {
@@ -216,16 +213,15 @@ impl SimMemory {
             let host = (pte & PTE_ADDR_MASK) + at % PAGE_SIZE;
             let i = host_page_index(host).ok_or_else(|| format!("GGTT address {at:#x} is not host memory"))?;
             let off = (host % PAGE_SIZE) as usize;
-            let chunk = data.get(done..done + n).unwrap_or_default();
+            let chunk = data.get(r).unwrap_or_default();
             let mut a = self.arena.write();
             let dst = a
                 .pages
                 .get_mut(i)
                 .and_then(Option::as_mut)
-                .and_then(|p| p.as_mut_bytes().get_mut(off..off + n))
+                .and_then(|p| p.as_mut_bytes().get_mut(off..off + chunk.len()))
                 .ok_or_else(|| format!("GGTT address {at:#x} maps a freed page"))?;
             dst.copy_from_slice(chunk);
-            done += n;
         }
         Ok(())
     }
@@ -249,14 +245,8 @@ impl SimMemory {
     /// Writes host memory at `host` directly (host pages or attached guest memory).
     pub fn write_host(&self, host: u64, data: &[u8]) -> bool {
         let mut v = self.view(None);
-        let mut ok = true;
-        let mut done = 0;
-        while done < data.len() {
-            let at = host + done as u64;
-            let n = ((PAGE_SIZE - at % PAGE_SIZE) as usize).min(data.len() - done);
-            ok &= v.write_host(at, data.get(done..done + n).unwrap_or_default());
-            done += n;
-        }
+        let ok = page_chunks(host, data.len())
+            .fold(true, |ok, (at, r)| v.write_host(at, data.get(r).unwrap_or_default()) & ok);
         self.finish(v);
         ok
     }
@@ -264,14 +254,8 @@ impl SimMemory {
     /// Reads host memory at `host` directly.
     pub fn read_host(&self, host: u64, buf: &mut [u8]) -> bool {
         let v = self.view(None);
-        let mut ok = true;
-        let mut done = 0;
-        while done < buf.len() {
-            let at = host + done as u64;
-            let n = ((PAGE_SIZE - at % PAGE_SIZE) as usize).min(buf.len() - done);
-            ok &= buf.get_mut(done..done + n).is_some_and(|b| v.read_host(at, b));
-            done += n;
-        }
+        let ok = page_chunks(host, buf.len())
+            .fold(true, |ok, (at, r)| buf.get_mut(r).is_some_and(|b| v.read_host(at, b)) & ok);
         self.finish(v);
         ok
     }
@@ -398,32 +382,24 @@ impl MemView<'_> {
 
     /// Reads `buf.len()` bytes at `gma`.
     pub fn read(&self, space: AddrSpace, gma: u64, buf: &mut [u8]) -> Result<(), MemFault> {
-        let mut done = 0;
-        while done < buf.len() {
-            let at = gma.wrapping_add(done as u64);
-            let n = ((PAGE_SIZE - at % PAGE_SIZE) as usize).min(buf.len() - done);
+        for (at, r) in page_chunks(gma, buf.len()) {
             let host = self.translate(space, at)?;
-            let Some(chunk) = buf.get_mut(done..done + n) else { break };
+            let Some(chunk) = buf.get_mut(r) else { break };
             if !self.read_host(host, chunk) {
                 return Err(MemFault::Unbacked { space, gma: at, host });
             }
-            done += n;
         }
         Ok(())
     }
 
     /// Writes `data` at `gma`.
     pub fn write(&mut self, space: AddrSpace, gma: u64, data: &[u8]) -> Result<(), MemFault> {
-        let mut done = 0;
-        while done < data.len() {
-            let at = gma.wrapping_add(done as u64);
-            let n = ((PAGE_SIZE - at % PAGE_SIZE) as usize).min(data.len() - done);
+        for (at, r) in page_chunks(gma, data.len()) {
             let host = self.translate(space, at)?;
-            let Some(chunk) = data.get(done..done + n) else { break };
+            let Some(chunk) = data.get(r) else { break };
             if !self.write_host(host, chunk) {
                 return Err(MemFault::Unbacked { space, gma: at, host });
             }
-            done += n;
         }
         Ok(())
     }

@@ -15,14 +15,12 @@ use super::{run_context, SimGpu};
 use crate::context::context_size;
 use crate::hw::Engine;
 
-/// Offset of the GGTT in BAR0.
-pub const GTT_OFFSET: u64 = 8 << 20;
-/// GDRST: graphics device reset control.
-pub const GDRST: u64 = 0x941c;
-/// ELSP, CSB and CSB pointer, relative to an engine's base.
-const ELSP: u64 = 0x230;
-const CSB: u64 = 0x370;
-const CSB_PTR: u64 = 0x3a0;
+use crate::execlist::reg::{CSB as CSB32, CSB_PTR as CSB_PTR32, ELSP as ELSP32};
+pub use crate::hw::bar0::{GDRST, GTT_OFFSET};
+
+const ELSP: u64 = ELSP32 as u64;
+const CSB: u64 = CSB32 as u64;
+const CSB_PTR: u64 = CSB_PTR32 as u64;
 
 /// Per-engine execlist port state of the register-level model.
 #[derive(Debug, Default)]
@@ -38,17 +36,6 @@ pub(super) struct Port {
 pub(super) struct MmioState {
     ports: HashMap<usize, Port>,
     gtt_low: HashMap<u64, u32>,
-}
-
-/// GDRST bits per engine (bit 0 resets everything).
-fn gdrst_bit(e: Engine) -> u32 {
-    match e {
-        Engine::Rcs => 1 << 1,
-        Engine::Vcs => 1 << 2,
-        Engine::Bcs => 1 << 3,
-        Engine::Vecs => 1 << 4,
-        Engine::Vcs2 => 1 << 5,
-    }
 }
 
 impl SimGpu {
@@ -99,7 +86,7 @@ impl SimGpu {
             return;
         }
         if off == GDRST {
-            for e in Engine::ALL.into_iter().filter(|&e| v & 1 != 0 || v & gdrst_bit(e) != 0) {
+            for e in Engine::ALL.into_iter().filter(|&e| v & 1 != 0 || v & e.gdrst_bit() != 0) {
                 crate::host::HostGpu::reset_engine(self, e);
                 self.mmio.lock().ports.remove(&e.index());
             }

@@ -7,7 +7,7 @@
 //! [`VfioBar0`] and [`VfioDma`] implement them over `vfio-ioctls` for a device bound to vfio-pci,
 //! and the software GPU's register-level model implements them in tests (no Intel GPU here).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -16,15 +16,13 @@ use vm_memory::GuestAddress;
 use zerocopy::IntoBytes;
 
 use super::{placement, EngineLayout, GuestDma, HostError, HostGpu, HostJob, RunReport, VgpuMemory};
-use crate::cmd::PAGE_SIZE;
+use crate::cmd::{page_chunks, PAGE_SIZE};
 use crate::context::image::idx;
 use crate::hw::{Engine, EngineMask, Gen};
 use crate::mm::{DmaMapper, HostGgtt, ShadowMemory};
 
-/// Offset of the GGTT in BAR0.
-const GTT_OFFSET: u64 = 8 << 20;
-/// GDRST.
-const GDRST: u64 = 0x941c;
+use crate::execlist::reg;
+use crate::hw::bar0::{GDRST, GTT_OFFSET};
 /// Bits of guest physical address one attached guest's DMA window covers.
 const SLOT_SHIFT: u32 = 40;
 
@@ -57,8 +55,8 @@ pub trait DmaSpace: Send + Sync {
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(500);
 
 struct EngineState {
-    /// GGTT pages of the engine's shadow area already backed, by GGTT page index.
-    mapped: HashSet<u64>,
+    /// DMA page behind each backed GGTT page of the engine's shadow area, by GGTT page index.
+    mapped: HashMap<u64, u64>,
 }
 
 /// The VFIO backend.
@@ -70,8 +68,6 @@ pub struct VfioGpu<B, D: DmaSpace> {
     shadow_base: u64,
     timeout: Duration,
     state: Vec<Mutex<EngineState>>,
-    /// Pages the backend allocated for its shadow areas.
-    pages: Mutex<Vec<u64>>,
 }
 
 impl<B, D: DmaSpace> std::fmt::Debug for VfioGpu<B, D> {
@@ -89,8 +85,8 @@ impl<B: Bar0, D: DmaSpace> VfioGpu<B, D> {
     /// A backend for a GPU of `gen` with `engines`, whose shadow areas start at GGTT
     /// `shadow_base` (5 × 64 MiB no vGPU window may overlap).
     pub fn new(bar: Arc<B>, dma: Arc<D>, gen: Gen, engines: EngineMask, shadow_base: u64) -> Self {
-        let state = Engine::ALL.iter().map(|_| Mutex::new(EngineState { mapped: HashSet::new() })).collect();
-        VfioGpu { bar, dma, gen, engines, shadow_base, timeout: DEFAULT_TIMEOUT, state, pages: Mutex::new(Vec::new()) }
+        let state = Engine::ALL.iter().map(|_| Mutex::new(EngineState { mapped: HashMap::new() })).collect();
+        VfioGpu { bar, dma, gen, engines, shadow_base, timeout: DEFAULT_TIMEOUT, state }
     }
 
     /// Sets the hang timeout.
@@ -101,58 +97,43 @@ impl<B: Bar0, D: DmaSpace> VfioGpu<B, D> {
 
     /// Writes `data` at GGTT `gma` of the engine's shadow area, backing new pages with DMA pages.
     fn stage(&self, st: &mut EngineState, gma: u64, data: &[u8]) -> Result<(), String> {
-        let mut done = 0;
-        while done < data.len() {
-            let at = gma + done as u64;
+        for (at, r) in page_chunks(gma, data.len()) {
             let index = at / PAGE_SIZE;
-            let n = ((PAGE_SIZE - at % PAGE_SIZE) as usize).min(data.len() - done);
-            if st.mapped.insert(index) {
-                let page = self.dma.alloc_page().ok_or("out of DMA memory")?;
-                self.pages.lock().push(page);
-                write_pte(&*self.bar, index, page | 1);
-            }
-            let pte = u64::from(self.bar.read32(GTT_OFFSET + index * 8))
-                | u64::from(self.bar.read32(GTT_OFFSET + index * 8 + 4)) << 32;
-            let iova = (pte & crate::mm::ggtt::PTE_ADDR_MASK) + at % PAGE_SIZE;
-            let chunk = data.get(done..done + n).unwrap_or_default();
-            if !self.dma.write(iova, chunk) {
+            let page = match st.mapped.get(&index) {
+                Some(&p) => p,
+                None => {
+                    let p = self.dma.alloc_page().ok_or("out of DMA memory")?;
+                    st.mapped.insert(index, p);
+                    write_pte(&*self.bar, index, p | 1);
+                    p
+                }
+            };
+            let iova = page + at % PAGE_SIZE;
+            if !self.dma.write(iova, data.get(r).unwrap_or_default()) {
                 return Err(format!("DMA write at {iova:#x} failed"));
             }
-            done += n;
         }
         Ok(())
     }
 
-    fn read_back(&self, gma: u64, buf: &mut [u8]) -> bool {
-        let mut done = 0;
-        while done < buf.len() {
-            let at = gma + done as u64;
-            let index = at / PAGE_SIZE;
-            let n = ((PAGE_SIZE - at % PAGE_SIZE) as usize).min(buf.len() - done);
-            let pte = u64::from(self.bar.read32(GTT_OFFSET + index * 8))
-                | u64::from(self.bar.read32(GTT_OFFSET + index * 8 + 4)) << 32;
-            let iova = (pte & crate::mm::ggtt::PTE_ADDR_MASK) + at % PAGE_SIZE;
-            let Some(chunk) = buf.get_mut(done..done + n) else { return false };
-            if !self.dma.read(iova, chunk) {
-                return false;
+    /// Reads what the engine left at GGTT `gma` of its shadow area.
+    fn read_back(&self, st: &EngineState, gma: u64, buf: &mut [u8]) -> bool {
+        page_chunks(gma, buf.len()).all(|(at, r)| {
+            let page = st.mapped.get(&(at / PAGE_SIZE));
+            match (page, buf.get_mut(r)) {
+                (Some(&p), Some(chunk)) => self.dma.read(p + at % PAGE_SIZE, chunk),
+                _ => false,
             }
-            done += n;
-        }
-        true
-    }
-
-    fn ns_per_tick(&self) -> u64 {
-        match self.gen {
-            Gen::Gen8 => 80,
-            Gen::Gen9 => 83,
-        }
+        })
     }
 }
 
 impl<B, D: DmaSpace> Drop for VfioGpu<B, D> {
     fn drop(&mut self) {
-        for p in self.pages.lock().drain(..) {
-            self.dma.free_page(p);
+        for st in &self.state {
+            for (_, p) in st.lock().mapped.drain() {
+                self.dma.free_page(p);
+            }
         }
     }
 }
@@ -197,15 +178,14 @@ impl<B: Bar0 + 'static, D: DmaSpace + 'static> HostGpu for VfioGpu<B, D> {
         let before = ring.get(1024 + idx::CTX_TIMESTAMP).copied().unwrap_or(0);
         self.stage(&mut st, lrca, ring.as_bytes()).map_err(place_err)?;
         self.stage(&mut st, lrca + ring.as_bytes().len() as u64, eng.as_bytes()).map_err(place_err)?;
-        drop(st);
 
         let base = u64::from(engine.mmio_base());
-        let csb_ptr = |bar: &B| bar.read32(base + 0x3a0) & 7;
+        let csb_ptr = |bar: &B| bar.read32(base + u64::from(reg::CSB_PTR)) & 7;
         let wp0 = csb_ptr(&self.bar);
         let mode = if job.legacy32 { 1 } else { 3 };
         let desc = lrca | (mode << 3) | (1 << 8) | 1;
         for v in [0, 0, 1, desc as u32] {
-            self.bar.write32(base + 0x230, v);
+            self.bar.write32(base + u64::from(reg::ELSP), v);
         }
         // Wait for a complete event (bit 4) for context id 1.
         let t0 = Instant::now();
@@ -214,7 +194,7 @@ impl<B: Bar0 + 'static, D: DmaSpace + 'static> HostGpu for VfioGpu<B, D> {
             let wp = csb_ptr(&self.bar);
             while seen != wp {
                 seen = if seen >= 5 { 0 } else { seen + 1 };
-                let lo = self.bar.read32(base + 0x370 + 8 * u64::from(seen));
+                let lo = self.bar.read32(base + u64::from(reg::CSB) + 8 * u64::from(seen));
                 if lo & (1 << 4) != 0 {
                     break 'wait;
                 }
@@ -229,25 +209,20 @@ impl<B: Bar0 + 'static, D: DmaSpace + 'static> HostGpu for VfioGpu<B, D> {
             }
             std::thread::yield_now();
         }
-        self.bar.write32(base + 0x3a0, 0x0700_0000 | u32::from(seen as u8) << 8);
+        self.bar.write32(base + u64::from(reg::CSB_PTR), 0x0700_0000 | u32::from(seen as u8) << 8);
         let (ring, eng) = job.context.parts_mut();
         let ring_len = ring.as_bytes().len() as u64;
-        if !self.read_back(lrca, ring.as_mut_bytes()) || !self.read_back(lrca + ring_len, eng.as_mut_bytes()) {
+        if !self.read_back(&st, lrca, ring.as_mut_bytes()) || !self.read_back(&st, lrca + ring_len, eng.as_mut_bytes())
+        {
             return Err(HostError::Fault { engine, at: lrca, why: "context image read-back failed".into() });
         }
         let after = job.context.parts().0.get(1024 + idx::CTX_TIMESTAMP).copied().unwrap_or(0);
-        let engine_ns = u64::from(after.wrapping_sub(before)) * self.ns_per_tick();
+        let engine_ns = self.gen.timestamp_ns(u64::from(after.wrapping_sub(before)));
         Ok(RunReport { engine_ns, ..RunReport::default() })
     }
 
     fn reset_engine(&self, engine: Engine) {
-        let bit = match engine {
-            Engine::Rcs => 1 << 1,
-            Engine::Vcs => 1 << 2,
-            Engine::Bcs => 1 << 3,
-            Engine::Vecs => 1 << 4,
-            Engine::Vcs2 => 1 << 5,
-        };
+        let bit = engine.gdrst_bit();
         self.bar.write32(GDRST, bit);
         let t0 = Instant::now();
         while self.bar.read32(GDRST) & bit != 0 && t0.elapsed() < Duration::from_millis(100) {
@@ -255,7 +230,7 @@ impl<B: Bar0 + 'static, D: DmaSpace + 'static> HostGpu for VfioGpu<B, D> {
         }
         // The CSB pointers restart after a reset.
         let base = u64::from(engine.mmio_base());
-        self.bar.write32(base + 0x3a0, 0xffff_0707);
+        self.bar.write32(base + u64::from(reg::CSB_PTR), 0xffff_0707);
     }
 
     fn read_reg(&self, _engine: Engine, reg: u32) -> u32 {

@@ -455,9 +455,10 @@ impl DmaSpace for VfioDma {
 mod tests {
     use super::*;
     use crate::cmd::emit::CmdBuf;
-    use crate::cmd::{AddrSpace, BufferKind, Events, ScanStats, ScannedWorkload, ShadowBuffer};
+    use crate::cmd::AddrSpace;
     use crate::context::ShadowContext;
     use crate::host::sim::memory::SimMemory;
+    use crate::host::sim::testing::ring_workload;
     use crate::host::sim::{SimConfig, SimGpu};
     use vm_memory::{Bytes, GuestMemoryMmap};
 
@@ -497,25 +498,8 @@ mod tests {
     const WIN: u64 = 0x100_0000;
 
     fn run(gpu: &VfioGpu<SimBar, SimDma>, engine: Engine, ring: &CmdBuf) -> Result<RunReport, HostError> {
-        let l = gpu.layout(engine);
         let mut ctx = ShadowContext::new(Gen::Gen9, engine);
-        let mut r = ring.clone();
-        r.align_qword();
-        for (i, v) in [
-            (idx::RING_START, l.ring_start as u32),
-            (idx::RING_TAIL, r.len_bytes() as u32),
-            (idx::RING_CTL, ((l.ring_size / 4096 - 1) << 12) | 1),
-        ] {
-            *ctx.image_dword_mut(1024 + i).unwrap() = v;
-        }
-        let mut w = ScannedWorkload {
-            ring: ShadowBuffer { kind: BufferKind::Ring, dwords: r.dwords },
-            batches: vec![],
-            relocs: vec![],
-            root_loads: vec![],
-            events: Events::empty(),
-            stats: ScanStats::default(),
-        };
+        let mut w = ring_workload(&mut ctx, &gpu.layout(engine), ring);
         gpu.run(engine, HostJob { ring: &mut w, wa: None, context: &mut ctx, legacy32: false })
     }
 

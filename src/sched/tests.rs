@@ -5,9 +5,9 @@ use std::sync::Arc;
 
 use super::*;
 use crate::cmd::emit::CmdBuf;
-use crate::cmd::{AddrSpace, BufferKind, Events, ScanStats, ScannedWorkload, ShadowBuffer};
-use crate::context::image::idx;
+use crate::cmd::AddrSpace;
 use crate::context::ShadowContext;
+use crate::host::sim::testing::ring_workload;
 use crate::host::sim::{CostModel, SimConfig, SimGpu};
 use crate::host::HostJob;
 use crate::hw::{EngineMask, Gen};
@@ -24,28 +24,8 @@ struct TestJob {
 
 impl Job for TestJob {
     fn execute(&mut self, host: &dyn HostGpu, engine: Engine) -> Result<RunReport, JobError> {
-        let l = host.layout(engine);
         let mut ctx = self.ctx.lock();
-        let mut ring = self.ring.clone();
-        ring.align_qword();
-        for (i, v) in [
-            (idx::RING_START, l.ring_start as u32),
-            (idx::RING_HEAD, 0),
-            (idx::RING_TAIL, ring.len_bytes() as u32),
-            (idx::RING_CTL, ((l.ring_size / 4096 - 1) << 12) | 1),
-        ] {
-            if let Some(d) = ctx.image_dword_mut(1024 + i) {
-                *d = v;
-            }
-        }
-        let mut w = ScannedWorkload {
-            ring: ShadowBuffer { kind: BufferKind::Ring, dwords: ring.dwords },
-            batches: vec![],
-            relocs: vec![],
-            root_loads: vec![],
-            events: Events::empty(),
-            stats: ScanStats::default(),
-        };
+        let mut w = ring_workload(&mut ctx, &host.layout(engine), &self.ring);
         Ok(host.run(engine, HostJob { ring: &mut w, wa: None, context: &mut ctx, legacy32: false })?)
     }
 

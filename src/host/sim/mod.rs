@@ -29,6 +29,8 @@ mod exec;
 pub mod memory;
 pub mod mmio;
 #[cfg(test)]
+pub(crate) mod testing;
+#[cfg(test)]
 mod tests;
 
 use std::sync::Arc;

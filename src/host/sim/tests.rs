@@ -6,7 +6,7 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::*;
 use crate::cmd::emit::{CmdBuf, PostSync};
-use crate::cmd::{AddrSpace::Ggtt, AddrSpace::Ppgtt, BufferKind, Events, ScanStats, ScannedWorkload, ShadowBuffer};
+use crate::cmd::{AddrSpace::Ggtt, AddrSpace::Ppgtt};
 use crate::context::image::idx;
 use crate::context::ShadowContext;
 use crate::mm::ppgtt::{PpgttLimits, Revalidate};
@@ -56,36 +56,13 @@ fn rig(engine: Engine) -> Rig {
     rig_with(engine, CostModel::default())
 }
 
-fn workload(ring: &CmdBuf) -> ScannedWorkload {
-    ScannedWorkload {
-        ring: ShadowBuffer { kind: BufferKind::Ring, dwords: ring.dwords.clone() },
-        batches: vec![],
-        relocs: vec![],
-        root_loads: vec![],
-        events: Events::empty(),
-        stats: ScanStats::default(),
-    }
-}
-
 impl Rig {
-    /// Points the shadow context at the staged ring and the shadow PPGTT, as populate does.
-    fn prepare(&mut self, ring_bytes: u64) {
-        let l = self.gpu.layout(self.engine);
-        let s = |ctx: &mut ShadowContext, i: usize, v: u32| *ctx.image_dword_mut(1024 + i).unwrap() = v;
-        s(&mut self.ctx, idx::RING_START, l.ring_start as u32);
-        s(&mut self.ctx, idx::RING_HEAD, 0);
-        s(&mut self.ctx, idx::RING_TAIL, ring_bytes as u32);
-        s(&mut self.ctx, idx::RING_CTL, ((l.ring_size / 4096 - 1) << 12) | 1);
-        let pml4 = self.root.pdps()[0];
-        s(&mut self.ctx, idx::PDP3_UDW + 12, (pml4 >> 32) as u32);
-        s(&mut self.ctx, idx::PDP3_UDW + 14, pml4 as u32);
-    }
-
+    /// Runs `ring` from the shadow context, with the shadow PPGTT as its root.
     fn run(&mut self, ring: &CmdBuf) -> Result<RunReport, HostError> {
-        let mut r = ring.clone();
-        r.align_qword();
-        let mut w = workload(&r);
-        self.prepare(r.len_bytes());
+        let mut w = super::testing::ring_workload(&mut self.ctx, &self.gpu.layout(self.engine), ring);
+        let pml4 = self.root.pdps()[0];
+        *self.ctx.image_dword_mut(1024 + idx::PDP3_UDW + 12).unwrap() = (pml4 >> 32) as u32;
+        *self.ctx.image_dword_mut(1024 + idx::PDP3_UDW + 14).unwrap() = pml4 as u32;
         let job = HostJob { ring: &mut w, wa: None, context: &mut self.ctx, legacy32: false };
         self.gpu.run(self.engine, job)
     }

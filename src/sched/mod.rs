@@ -337,13 +337,9 @@ impl Scheduler {
                 }
                 d
             };
-            self.cancel(id, dropped, "engine reset");
+            cancel(&self.inner, id, dropped, "engine reset");
         }
         Ok(())
-    }
-
-    fn cancel(&self, id: VgpuId, jobs: Vec<Queued>, why: &'static str) {
-        cancel(&self.inner, id, jobs, why);
     }
 
     /// Waits until vGPU `id` has nothing queued or running.

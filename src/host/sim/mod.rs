@@ -112,7 +112,7 @@ impl SimGpu {
         let gpu = SimGpu { mem: Arc::new(SimMemory::new(cfg.layout.total)), cfg, engines, mmio: Default::default() };
         // Back each engine's per-process status page now: index stores may land there any time.
         for e in Engine::ALL.into_iter().filter(|&e| cfg.engines.has(e)) {
-            let _ = gpu.stage(e, gpu.context_area(e), &[0; 1024]);
+            let _ = gpu.mem.stage_ggtt(gpu.context_area(e), &[0; PAGE_SIZE as usize]);
         }
         gpu
     }
@@ -153,12 +153,6 @@ impl SimGpu {
     /// GGTT address of the engine's context area (page 0 is the per-process status page).
     pub fn context_area(&self, engine: Engine) -> u64 {
         placement::area_base(self.shadow_base(), engine) + placement::CONTEXT_OFF
-    }
-
-    /// Copies `dwords` into the host GGTT at `gma` (pages allocated on first use).
-    fn stage(&self, engine: Engine, gma: u64, dwords: &[u32]) -> Result<(), HostError> {
-        let bytes = zerocopy::IntoBytes::as_bytes(dwords);
-        self.mem.stage_ggtt(gma, bytes).map_err(|why| HostError::Placement { engine, why })
     }
 }
 

@@ -57,14 +57,15 @@ impl Engine {
         }
     }
 
-    /// The engine's bit in GDRST (bit 0 resets the whole GPU).
+    /// The engine's bit in GDRST (bit 0 resets the whole GPU, bit 5 the GuC, bit 7 the second
+    /// video engine).
     pub const fn gdrst_bit(self) -> u32 {
         match self {
             Engine::Rcs => 1 << 1,
             Engine::Vcs => 1 << 2,
             Engine::Bcs => 1 << 3,
             Engine::Vecs => 1 << 4,
-            Engine::Vcs2 => 1 << 5,
+            Engine::Vcs2 => 1 << 7,
         }
     }
 

@@ -40,7 +40,7 @@ struct Done {
 
 struct Guest {
     mem: GuestMemoryMmap<()>,
-    vgpu: VgpuEngines<GuestMemoryMmap<()>>,
+    vgpu: VgpuEngines<Arc<GuestMemoryMmap<()>>>,
     base: u64,
     done: Arc<Done>,
     tail: u32,
@@ -54,7 +54,7 @@ impl Guest {
         let done = Arc::new(Done::default());
         let d = done.clone();
         let cfg = VgpuConfig { id, gen: Gen::Gen9, windows: a.windows, limits: ScanLimits::default(), weight: 4 };
-        let vgpu = VgpuEngines::new(cfg, mem.clone(), sched.clone(), move |irq| {
+        let vgpu = VgpuEngines::new(cfg, Arc::new(mem.clone()), sched.clone(), move |irq| {
             if irq.events.contains(Events::USER_INTERRUPT) {
                 d.count.fetch_add(1, Ordering::Release);
                 let _g = d.lock.lock();

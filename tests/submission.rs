@@ -26,7 +26,7 @@ const PT_GPA: u64 = 0x60_0000;
 
 struct Guest {
     mem: GuestMemoryMmap<()>,
-    vgpu: VgpuEngines<GuestMemoryMmap<()>>,
+    vgpu: VgpuEngines<Arc<GuestMemoryMmap<()>>>,
     base: u64,
     irqs: Arc<Mutex<Vec<EngineIrq>>>,
 }
@@ -44,7 +44,7 @@ impl Guest {
         let irqs = Arc::new(Mutex::new(Vec::new()));
         let i2 = irqs.clone();
         let cfg = VgpuConfig { id, gen: Gen::Gen9, windows: a.windows, limits: ScanLimits::default(), weight: 4 };
-        let vgpu = VgpuEngines::new(cfg, mem.clone(), sched.clone(), move |irq| i2.lock().push(irq)).unwrap();
+        let vgpu = VgpuEngines::new(cfg, Arc::new(mem.clone()), sched.clone(), move |irq| i2.lock().push(irq)).unwrap();
         let base = a.windows.aperture.base;
         for i in 0..256u64 {
             vgpu.write_gtt((base / 4096 + i) * 8, 8, (GM_GPA + i * 4096) | 1).unwrap();

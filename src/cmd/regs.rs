@@ -164,6 +164,12 @@ pub fn policy(engine: Engine, reg: u32) -> RegPolicy {
     relative.or_else(global).unwrap_or(RegPolicy::Denied)
 }
 
+/// The absolute register ranges some engine's command stream may touch (render and video
+/// globals), for the device model's table of known registers.
+pub fn global_ranges() -> impl Iterator<Item = std::ops::Range<u32>> {
+    RENDER_GLOBAL.iter().chain(VIDEO_GLOBAL).map(|r| r.start..r.end)
+}
+
 /// Whether `value` may be written to a FORCE_TO_NONPRIV slot of `engine`.
 pub fn nonpriv_value_allowed(engine: Engine, value: u32) -> bool {
     let reg = value & 0x03ff_fffc;

@@ -1,10 +1,13 @@
-//! Hardware facts per platform: device IDs, generations and engines.
+//! Hardware facts per platform: device IDs, generations and engines, register offsets and the
+//! PVINFO layout.
 //!
 //! Nothing in this module has behaviour beyond looking facts up; the layers above decide what to do
 //! with them.
 
 mod engine;
 mod platform;
+pub mod pvinfo;
+pub mod reg;
 
 pub use engine::{Engine, EngineMask};
 

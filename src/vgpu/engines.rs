@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
-use vm_memory::GuestMemory;
+use vm_memory::{GuestAddress, GuestAddressSpace};
 
 use crate::cmd::{AddrSpace, Events, GmWindows, ScanLimits, ScanParams, SplitTranslation};
 use crate::context::{ShadowContext, ShadowPlan};
@@ -24,7 +24,7 @@ use crate::execlist::{
 use crate::host::{HostGpu, HostJob, RunReport, VgpuMemory};
 use crate::hw::{Engine, EngineMask, Gen};
 use crate::mm::ppgtt::{PpgttLimits, Revalidate};
-use crate::mm::{GgttError, HostGgtt, PpgttError, ShadowPpgtt, VirtualGgtt};
+use crate::mm::{GgttError, HostGgtt, PpgttError, PpgttRoot, ShadowPpgtt, VirtualGgtt};
 use crate::sched::{Job, JobError, SchedError, Scheduler, VgpuId};
 
 /// Errors of the submission side, each about one guest action.
@@ -113,36 +113,42 @@ struct EngineSide {
 
 type IrqFn = dyn Fn(EngineIrq) + Send + Sync;
 
-struct Shared<M> {
+struct Shared<A> {
     cfg: VgpuConfig,
-    mem: M,
+    mem: A,
     mm: Mutex<Mm>,
     engines: Vec<Option<Mutex<EngineSide>>>,
     sched: Arc<Scheduler>,
     irq: Box<IrqFn>,
 }
 
-/// The submission side of one vGPU.
-pub struct VgpuEngines<M> {
-    shared: Arc<Shared<M>>,
+/// The submission side of one vGPU. `A` is the guest's address space: each operation takes a
+/// snapshot of the memory map (`A::memory()`), so a VMM may add and remove guest memory while the
+/// vGPU lives.
+pub struct VgpuEngines<A> {
+    shared: Arc<Shared<A>>,
 }
 
-impl<M> std::fmt::Debug for VgpuEngines<M> {
+impl<A> std::fmt::Debug for VgpuEngines<A> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("VgpuEngines").field("id", &self.shared.cfg.id).finish()
     }
 }
 
-impl<M: GuestMemory + Clone + Send + Sync + 'static> VgpuEngines<M> {
+impl<A> VgpuEngines<A>
+where
+    A: GuestAddressSpace + Send + Sync + 'static,
+    A::M: Send + Sync,
+{
     /// Creates the vGPU on the scheduler's GPU; `irq` is called on every interrupt it raises.
     pub fn new(
         cfg: VgpuConfig,
-        mem: M,
+        mem: A,
         sched: Arc<Scheduler>,
         irq: impl Fn(EngineIrq) + Send + Sync + 'static,
     ) -> Result<Self, VgpuError> {
         let host_gpu = sched.host().clone();
-        let mut host = host_gpu.attach_vgpu(Arc::new(mem.clone()))?;
+        let mut host = host_gpu.attach_vgpu(Arc::new(SpaceDma(mem.clone())))?;
         let mut writer = host.ggtt_writer();
         let mut ggtt = VirtualGgtt::new(cfg.windows, host.scratch_page());
         ggtt.reset(&mut *host, &mut *writer);
@@ -175,7 +181,7 @@ impl<M: GuestMemory + Clone + Send + Sync + 'static> VgpuEngines<M> {
     pub fn write_gtt(&self, offset: u64, size: usize, value: u64) -> Result<(), VgpuError> {
         let mut mm = self.shared.mm.lock();
         let Mm { ggtt, host, writer, .. } = &mut *mm;
-        Ok(ggtt.write(&self.shared.mem, &mut **host, &mut **writer, offset, size, value)?)
+        Ok(ggtt.write(&*self.shared.mem.memory(), &mut **host, &mut **writer, offset, size, value)?)
     }
 
     /// The guest programmed the engine's status page address (HWS_PGA).
@@ -218,7 +224,7 @@ impl<M: GuestMemory + Clone + Send + Sync + 'static> VgpuEngines<M> {
             let created = {
                 let mut mm = s.mm.lock();
                 let Mm { ggtt, ppgtt, host, .. } = &mut *mm;
-                create_workload(&s.mem, &*ggtt, ppgtt, &mut **host, desc, &p)
+                create_workload(&*s.mem.memory(), &*ggtt, ppgtt, &mut **host, desc, &p)
             };
             match created {
                 Ok(w) => {
@@ -287,9 +293,80 @@ impl<M: GuestMemory + Clone + Send + Sync + 'static> VgpuEngines<M> {
     pub fn id(&self) -> VgpuId {
         self.shared.cfg.id
     }
+
+    /// The guest's address space.
+    pub fn memory(&self) -> &A {
+        &self.shared.mem
+    }
+
+    /// A guest read of `size` bytes (4 or 8) from the GTT part of BAR0 at `offset`: what the guest
+    /// wrote there.
+    pub fn read_gtt(&self, offset: u64, size: usize) -> Result<u64, VgpuError> {
+        Ok(self.shared.mm.lock().ggtt.read(offset, size)?)
+    }
+
+    /// The guest physical address behind graphics address `gma` in the vGPU's GGTT.
+    pub fn translate_ggtt(&self, gma: u64) -> Option<GuestAddress> {
+        use crate::cmd::GmTranslate;
+        self.shared.mm.lock().ggtt.translate(AddrSpace::Ggtt, gma)
+    }
+
+    /// The guest announced (PVINFO g2v) a PPGTT it created: shadow it now.
+    pub fn ppgtt_created(&self, root: PpgttRoot) -> Result<(), VgpuError> {
+        let mut mm = self.shared.mm.lock();
+        let Mm { ppgtt, host, .. } = &mut *mm;
+        Ok(ppgtt.notify_create(&*self.shared.mem.memory(), &mut **host, root)?)
+    }
+
+    /// The guest announced (PVINFO g2v) it destroys a PPGTT.
+    pub fn ppgtt_destroyed(&self, root: PpgttRoot) {
+        let mut mm = self.shared.mm.lock();
+        let Mm { ppgtt, host, .. } = &mut *mm;
+        ppgtt.notify_destroy(&mut **host, root);
+    }
+
+    /// Device-level reset (VM reboot, FLR): engines reset, every shadow page table dropped and
+    /// every GGTT entry pointed back at the scratch page.
+    pub fn reset_device(&self) -> Result<(), VgpuError> {
+        let all = Engine::ALL.into_iter().fold(EngineMask::empty(), |m, e| m | e.mask());
+        self.reset_engines(all & self.shared.sched.host().engines())?;
+        let mut mm = self.shared.mm.lock();
+        let Mm { ggtt, ppgtt, host, writer } = &mut *mm;
+        ppgtt.clear(&mut **host);
+        ggtt.reset(&mut **host, &mut **writer);
+        for side in self.shared.engines.iter().flatten() {
+            side.lock().hws_pga = None;
+        }
+        Ok(())
+    }
 }
 
-impl<M> Drop for VgpuEngines<M> {
+/// A guest address space as the host GPU reaches it: every access takes the current memory map.
+struct SpaceDma<A>(A);
+
+impl<A> crate::host::GuestDma for SpaceDma<A>
+where
+    A: GuestAddressSpace + Send + Sync,
+    A::M: Send + Sync,
+{
+    fn dma_read(&self, gpa: u64, buf: &mut [u8]) -> bool {
+        self.0.memory().dma_read(gpa, buf)
+    }
+
+    fn dma_write(&self, gpa: u64, data: &[u8]) -> bool {
+        self.0.memory().dma_write(gpa, data)
+    }
+
+    fn dma_contains(&self, gpa: u64, len: u64) -> bool {
+        self.0.memory().dma_contains(gpa, len)
+    }
+
+    fn host_regions(&self) -> Vec<(u64, u64, u64)> {
+        self.0.memory().host_regions()
+    }
+}
+
+impl<A> Drop for VgpuEngines<A> {
     fn drop(&mut self) {
         let _ = self.shared.sched.remove_vgpu(self.shared.cfg.id);
     }
@@ -305,12 +382,12 @@ fn reason_class(e: &WorkloadError) -> &'static str {
     }
 }
 
-impl<M: GuestMemory + Send + Sync> Shared<M> {
+impl<A: GuestAddressSpace> Shared<A> {
     /// Mirrors the CSB into the guest's status page and raises the interrupt.
     fn publish(&self, es: &mut EngineSide, engine: Engine, context_switch: bool, events: Events) {
         if let Some(hws) = es.hws_pga {
             let mm = self.mm.lock();
-            es.execlist.mirror_to_hwsp(&self.mem, &mm.ggtt, hws, &self.cfg.windows);
+            es.execlist.mirror_to_hwsp(&*self.mem.memory(), &mm.ggtt, hws, &self.cfg.windows);
         }
         if context_switch || !events.is_empty() {
             (self.irq)(EngineIrq { engine, context_switch, events });
@@ -318,14 +395,18 @@ impl<M: GuestMemory + Send + Sync> Shared<M> {
     }
 }
 
-struct VgpuJob<M> {
-    shared: Arc<Shared<M>>,
+struct VgpuJob<A> {
+    shared: Arc<Shared<A>>,
     engine: Engine,
     work: Option<Workload>,
     superseded: Arc<AtomicBool>,
 }
 
-impl<M: GuestMemory + Send + Sync> Job for VgpuJob<M> {
+impl<A> Job for VgpuJob<A>
+where
+    A: GuestAddressSpace + Send + Sync,
+    A::M: Send + Sync,
+{
     fn execute(&mut self, host: &dyn HostGpu, engine: Engine) -> Result<RunReport, JobError> {
         let s = &self.shared;
         let w = self.work.as_mut().ok_or(JobError::Prepare("no workload".into()))?;
@@ -353,13 +434,15 @@ impl<M: GuestMemory + Send + Sync> Job for VgpuJob<M> {
         {
             let mm = s.mm.lock();
             let xlate = SplitTranslation { ggtt: &mm.ggtt, ppgtt: mm.ppgtt.translator(w.root) };
-            es.shadow.populate(&s.mem, &xlate, &w.guest, &plan, &scan).map_err(|e| JobError::Prepare(e.to_string()))?;
+            es.shadow
+                .populate(&*s.mem.memory(), &xlate, &w.guest, &plan, &scan)
+                .map_err(|e| JobError::Prepare(e.to_string()))?;
         }
         let legacy32 = matches!(w.root, crate::mm::PpgttRoot::L3(_));
         let job = HostJob { ring: &mut w.ring, wa: w.wa.as_mut(), context: &mut es.shadow, legacy32 };
         let report = host.run(engine, job)?;
         let mm = s.mm.lock();
-        es.shadow.write_back(&s.mem, &mm.ggtt, &w.guest).map_err(|e| JobError::Prepare(e.to_string()))?;
+        es.shadow.write_back(&*s.mem.memory(), &mm.ggtt, &w.guest).map_err(|e| JobError::Prepare(e.to_string()))?;
         Ok(report)
     }
 

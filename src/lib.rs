@@ -6,6 +6,7 @@ pub mod context;
 pub mod execlist;
 pub mod host;
 pub mod hw;
+pub mod mdev;
 pub mod mm;
 pub mod sched;
 pub mod vgpu;

@@ -200,6 +200,11 @@ where
         *self.irq.sink.write() = sink;
     }
 
+    /// Whether the interrupt is asserted now (enabled and a source pending).
+    pub fn irq_asserted(&self) -> bool {
+        self.irq.tree.lock().asserted()
+    }
+
     /// Interrupts delivered since creation.
     pub fn interrupts_delivered(&self) -> u64 {
         self.irq.delivered.load(Ordering::Relaxed)

@@ -367,8 +367,15 @@ where
 }
 
 impl<A> Drop for VgpuEngines<A> {
+    /// Leaves the scheduler (queued work cancelled, running work finished), then points the
+    /// vGPU's GGTT windows back at the scratch page and drops its shadow page tables, so nothing
+    /// of this guest stays reachable through the host GGTT once its windows are reused.
     fn drop(&mut self) {
         let _ = self.shared.sched.remove_vgpu(self.shared.cfg.id);
+        let mut mm = self.shared.mm.lock();
+        let Mm { ggtt, ppgtt, host, writer } = &mut *mm;
+        ppgtt.clear(&mut **host);
+        ggtt.reset(&mut **host, &mut **writer);
     }
 }
 

@@ -183,7 +183,7 @@ impl GpuManager {
         st.types
             .iter()
             .map(|t| {
-                let by = |free: u64, need: u64| if need == 0 { u64::MAX } else { free / need };
+                let by = |free: u64, need: u64| free.checked_div(need).unwrap_or(u64::MAX);
                 let n = by(ap, t.aperture).min(by(hid, t.hidden)).min(by(u64::from(fences), u64::from(t.fences)));
                 TypeAvailability { ty: t.clone(), available: n.min(u64::from(slots)) as u32 }
             })

@@ -109,6 +109,12 @@ impl IrqLine {
         }
     }
 
+    /// Raises a context-switch event of `engine` as a completion would.
+    #[cfg(test)]
+    pub(crate) fn engine_irq_for_test(&self, engine: crate::hw::Engine) {
+        self.engine(EngineIrq { engine, context_switch: true, events: crate::cmd::Events::empty() });
+    }
+
     fn engine(&self, e: EngineIrq) {
         let asserted = self.tree.lock().raise_engine(e.engine, e.context_switch, e.events);
         if asserted {

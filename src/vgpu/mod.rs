@@ -14,6 +14,8 @@ pub mod irq;
 pub mod mmio;
 pub mod opregion;
 pub mod regs;
+#[cfg(test)]
+mod tests;
 
 pub use device::{DeviceError, InterruptSink, Vgpu, VgpuParams, BAR0_SIZE};
 pub use engines::{EngineIrq, VgpuConfig, VgpuEngines, VgpuError};

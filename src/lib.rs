@@ -4,6 +4,7 @@
 pub mod cmd;
 pub mod context;
 pub mod execlist;
+pub mod guest;
 pub mod host;
 pub mod hw;
 pub mod mdev;

@@ -1,4 +1,5 @@
-//! The `shadowgpu` command: `scan` decodes and audits a command buffer.
+//! The `shadowgpu` command: `scan` decodes and audits a command buffer; `serve` (feature
+//! `vfio-user`) serves vGPUs to external VMMs.
 
 mod cli;
 
@@ -18,11 +19,16 @@ struct Cli {
 enum Command {
     /// Decode and audit a ring (and the batch buffers it reaches) the way the vGPU scanner does.
     Scan(cli::scan::ScanArgs),
+    /// Serve vGPUs of a software GPU to VMMs over vfio-user (cloud-hypervisor, QEMU >= 10.1).
+    #[cfg(feature = "vfio-user")]
+    Serve(cli::serve::ServeArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Scan(args) => cli::scan::run(&args),
+        #[cfg(feature = "vfio-user")]
+        Command::Serve(args) => cli::serve::run(&args),
     }
 }

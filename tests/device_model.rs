@@ -102,7 +102,7 @@ fn two_vgpus_cannot_see_each_other() {
     assert_ne!(a.pvinfo().aperture, b.pvinfo().aperture);
     // A keeps a secret in its aperture.
     let (secret_gma, secret_gpa) = a.gm_alloc(4096).unwrap();
-    ma.write_obj(0x5ec2_e7u32, GuestAddress(secret_gpa)).unwrap();
+    ma.write_obj(0x5ec2_e7e7u32, GuestAddress(secret_gpa)).unwrap();
     // B copies from A's graphics address into its own memory: rejected, B's engine hangs.
     let (mine, mine_gpa) = b.gm_alloc(4096).unwrap();
     let mut cmds = CmdBuf::new();
@@ -122,7 +122,7 @@ fn two_vgpus_cannot_see_each_other() {
     cmds.copy_mem_mem(AddrSpace::Ppgtt, a.data_va(), AddrSpace::Ggtt, secret_gma).bb_end();
     let s = a.submit(Engine::Rcs, &cmds).unwrap();
     a.wait(Engine::Rcs, s, T).unwrap();
-    assert_eq!(ma.read_obj::<u32>(GuestAddress(a.ppgtt_gpa(a.data_va()).unwrap())).unwrap(), 0x5ec2_e7);
+    assert_eq!(ma.read_obj::<u32>(GuestAddress(a.ppgtt_gpa(a.data_va()).unwrap())).unwrap(), 0x5ec2_e7e7);
     b.reset_engine(Engine::Rcs).unwrap();
     let mut ok = CmdBuf::new();
     ok.store_dword(AddrSpace::Ppgtt, b.data_va(), 9).bb_end();

@@ -60,6 +60,16 @@ where
     }
 }
 
+impl<B: Bus + ?Sized> Bus for Arc<B> {
+    fn read(&self, region: u32, offset: u64, data: &mut [u8]) -> Result<(), String> {
+        (**self).read(region, offset, data)
+    }
+
+    fn write(&self, region: u32, offset: u64, data: &[u8]) -> Result<(), String> {
+        (**self).write(region, offset, data)
+    }
+}
+
 impl<B: Bus + ?Sized> Bus for &B {
     fn read(&self, region: u32, offset: u64, data: &mut [u8]) -> Result<(), String> {
         (**self).read(region, offset, data)
@@ -451,7 +461,10 @@ impl<B: Bus, M: GuestAddressSpace> Driver<B, M> {
         if tail + c.len() as u64 > RING_SIZE {
             // Pad to the end with MI_NOOPs and wrap.
             let pad = vec![0u8; (RING_SIZE - tail) as usize];
-            self.mem.memory().write_slice(&pad, GuestAddress(ring_gpa + tail)).map_err(|_| GuestError::Memory(ring_gpa))?;
+            self.mem
+                .memory()
+                .write_slice(&pad, GuestAddress(ring_gpa + tail))
+                .map_err(|_| GuestError::Memory(ring_gpa))?;
             tail = 0;
         }
         self.mem.memory().write_slice(&c, GuestAddress(ring_gpa + tail)).map_err(|_| GuestError::Memory(ring_gpa))?;

@@ -367,6 +367,20 @@ where
         Ok(())
     }
 
+    /// Fires interrupt `index`'s trigger once, whatever the device's state (VFIO's "trigger with
+    /// no data", used by VMMs to test the wiring).
+    pub fn fire_irq(&self, index: u32) {
+        let w = self.wiring.lock();
+        let t = match index {
+            IRQ_MSI => w.msi.as_ref(),
+            IRQ_INTX => w.intx.as_ref(),
+            _ => None,
+        };
+        if let Some(t) = t {
+            t.fire();
+        }
+    }
+
     /// Masks or unmasks INTx (the VMM unmasks after the guest's end of interrupt).
     pub fn mask_intx(&self, masked: bool) {
         let fire = {

@@ -5,6 +5,8 @@
 pub mod device;
 pub mod manager;
 pub mod types;
+#[cfg(feature = "vfio-user")]
+pub mod vfio_user;
 
 pub use device::{
     IrqFlags, IrqInfo, IrqTrigger, MdevDevice, MdevError, RegionFlags, RegionInfo, IRQ_INTX, IRQ_MSI, NUM_IRQS,

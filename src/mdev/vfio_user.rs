@@ -1,0 +1,318 @@
+//! Serving vGPUs to external VMMs over vfio-user (feature `vfio-user`): cloud-hypervisor
+//! (`--user-device socket=PATH`) and QEMU >= 10.1 (`-device vfio-user-pci,socket=...`).
+//!
+//! Each socket serves one vGPU of one [`GpuManager`]; several sockets share the GPU, each
+//! client a different VMM process. The vGPU lives as long as the socket: a client connecting
+//! finds it reset; guest memory arrives as DMA maps with file descriptors and is mapped (maps
+//! without one, such as BIOS areas, are accepted and never touched); interrupts go to the
+//! client's eventfds. When a client disconnects, even mid-work, its queued work is dropped, the
+//! device is reset, its memory maps and eventfds are closed, and the socket waits for the next
+//! client; other sockets are not affected.
+//!
+//! Every message is guest-controlled input from the VMM's side: a guest access the device
+//! refuses is logged and answered as the hardware would (reads return zeros), never turned into
+//! a failed reply the client would drop the connection over. A map whose file is shorter than
+//! the mapped range is refused (touching it would fault the server).
+
+use std::fs::File;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use vfio_bindings::bindings::vfio::vfio_region_info;
+use vfio_user::{DmaMapFlags, DmaUnmapFlags, IrqInfo as VuIrqInfo, Server, ServerBackend, ServerRegion};
+use vm_memory::{FileOffset, GuestAddress, GuestMemoryAtomic, GuestMemoryMmap, GuestRegionMmap, MmapRegion};
+
+use super::device::{IrqTrigger, MdevDevice, IRQ_INTX, IRQ_MSI, NUM_IRQS, NUM_REGIONS};
+use super::manager::{GpuManager, ManagerError};
+use crate::vgpu::UnknownReg;
+
+/// Guest memory as a served vGPU sees it: replaced as the client maps and unmaps.
+pub type ServedMemory = GuestMemoryAtomic<GuestMemoryMmap<()>>;
+
+const IRQ_SET_DATA_NONE: u32 = 1;
+const IRQ_SET_DATA_EVENTFD: u32 = 4;
+const IRQ_SET_ACTION_MASK: u32 = 8;
+const IRQ_SET_ACTION_UNMASK: u32 = 16;
+const IRQ_SET_ACTION_TRIGGER: u32 = 32;
+
+/// Errors of the vfio-user server.
+#[derive(Debug, thiserror::Error)]
+pub enum VfioUserError {
+    /// The vGPU could not be created.
+    #[error(transparent)]
+    Manager(#[from] ManagerError),
+    /// The socket could not be set up.
+    #[error("socket {path}: {why}")]
+    Socket {
+        /// Path.
+        path: PathBuf,
+        /// Why.
+        why: String,
+    },
+}
+
+/// Counters of one served vGPU.
+#[derive(Debug, Default)]
+pub struct ServedStats {
+    /// Clients served (connections accepted and closed).
+    pub clients: AtomicU64,
+    /// Guest accesses the device refused (logged, answered as hardware would).
+    pub refused_accesses: AtomicU64,
+    /// Memory regions currently mapped.
+    pub mapped_regions: AtomicU64,
+    /// DMA maps without a file descriptor (accepted, never touched) currently recorded.
+    pub unbacked_maps: AtomicU64,
+}
+
+/// One socket being served.
+pub struct Served {
+    path: PathBuf,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<Vec<UnknownReg>>>,
+    stats: Arc<ServedStats>,
+}
+
+impl std::fmt::Debug for Served {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Served").field("path", &self.path).finish()
+    }
+}
+
+impl Served {
+    /// The socket path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> &ServedStats {
+        &self.stats
+    }
+
+    /// Waits for the serving thread to end (after [`Served::stop`], or after one client with
+    /// `once`), and returns the registers the guests touched that the model does not track.
+    pub fn join(mut self) -> Vec<UnknownReg> {
+        self.thread.take().and_then(|t| t.join().ok()).unwrap_or_default()
+    }
+
+    /// Stops serving once the current client (if any) disconnects; returns what [`Served::join`]
+    /// returns.
+    pub fn stop(self) -> Vec<UnknownReg> {
+        self.stop.store(true, Ordering::SeqCst);
+        // Wake the accept with a connection that closes at once.
+        let _ = UnixStream::connect(&self.path);
+        self.join()
+    }
+}
+
+/// Serves a new vGPU of type `ty` on `socket` (which must not exist). With `once`, the thread
+/// ends after its first client disconnects.
+pub fn serve(manager: &GpuManager, socket: &Path, ty: &str, once: bool) -> Result<Served, VfioUserError> {
+    let mem = ServedMemory::new(GuestMemoryMmap::new());
+    let dev = manager.create(ty, mem.clone())?;
+    let regions = (0..NUM_REGIONS)
+        .map(|i| {
+            let r = dev.region_info(i);
+            let info = vfio_region_info {
+                argsz: std::mem::size_of::<vfio_region_info>() as u32,
+                index: i,
+                size: r.as_ref().map_or(0, |r| r.size),
+                flags: r.map_or(0, |r| r.flags.bits()),
+                ..Default::default()
+            };
+            ServerRegion { region_info: info, sparse_areas: Vec::new(), mmap_fd: None }
+        })
+        .collect();
+    let irqs = (0..NUM_IRQS)
+        .filter_map(|i| dev.irq_info(i))
+        .map(|i| VuIrqInfo { index: i.index, flags: i.flags.bits(), count: i.count })
+        .collect();
+    let server = Server::new(socket, true, irqs, regions)
+        .map_err(|e| VfioUserError::Socket { path: socket.to_path_buf(), why: e.to_string() })?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let stats = Arc::new(ServedStats::default());
+    let (st, stp) = (stats.clone(), stop.clone());
+    let thread = std::thread::Builder::new()
+        .name(format!("vfio-user {}", socket.display()))
+        .spawn(move || {
+            let mut backend = Backend { dev, mem, unbacked: Vec::new(), stats: st };
+            while !stp.load(Ordering::SeqCst) {
+                // A panic inside the protocol crate on a malformed message ends that connection,
+                // not the server.
+                let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| server.run(&mut backend)));
+                backend.disconnected();
+                match r {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => log(&format!("vGPU {}: connection ended: {e}", backend.id())),
+                    Err(_) => log(&format!("vGPU {}: malformed message, connection dropped", backend.id())),
+                }
+                if once {
+                    break;
+                }
+            }
+            backend.dev.vgpu().unknown_registers()
+        })
+        .map_err(|e| VfioUserError::Socket { path: socket.to_path_buf(), why: e.to_string() })?;
+    Ok(Served { path: socket.to_path_buf(), stop, thread: Some(thread), stats })
+}
+
+fn log(msg: &str) {
+    eprintln!("shadowgpu serve: {msg}");
+}
+
+struct Backend {
+    dev: MdevDevice<ServedMemory>,
+    mem: ServedMemory,
+    unbacked: Vec<(u64, u64)>,
+    stats: Arc<ServedStats>,
+}
+
+fn io_err(msg: String) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidInput, msg)
+}
+
+impl Backend {
+    fn id(&self) -> u32 {
+        self.dev.vgpu().params().id
+    }
+
+    fn refused(&self, what: &str, e: &dyn std::fmt::Display) {
+        self.stats.refused_accesses.fetch_add(1, Ordering::Relaxed);
+        log(&format!("vGPU {}: {what}: {e}", self.id()));
+    }
+
+    /// The client went away: drop its work, memory and eventfds; reset the device for the next.
+    fn disconnected(&mut self) {
+        self.stats.clients.fetch_add(1, Ordering::Relaxed);
+        let _ = self.dev.set_irq(IRQ_MSI, None);
+        let _ = self.dev.set_irq(IRQ_INTX, None);
+        if let Err(e) = self.dev.reset() {
+            log(&format!("vGPU {}: reset after disconnect: {e}", self.id()));
+        }
+        self.dev.vgpu().engines().wait_idle();
+        if let Ok(g) = self.mem.lock() {
+            g.replace(GuestMemoryMmap::new());
+        }
+        self.unbacked.clear();
+        self.stats.mapped_regions.store(0, Ordering::Relaxed);
+        self.stats.unbacked_maps.store(0, Ordering::Relaxed);
+    }
+}
+
+impl ServerBackend for Backend {
+    fn region_read(&mut self, region: u32, offset: u64, data: &mut [u8]) -> Result<(), std::io::Error> {
+        if let Err(e) = self.dev.read(region, offset, data) {
+            if matches!(e, super::MdevError::NoRegion(_) | super::MdevError::OutOfRange { .. }) {
+                return Err(io_err(e.to_string()));
+            }
+            self.refused("read", &e);
+        }
+        Ok(())
+    }
+
+    fn region_write(&mut self, region: u32, offset: u64, data: &[u8]) -> Result<(), std::io::Error> {
+        if let Err(e) = self.dev.write(region, offset, data) {
+            if matches!(e, super::MdevError::NoRegion(_) | super::MdevError::OutOfRange { .. }) {
+                return Err(io_err(e.to_string()));
+            }
+            self.refused("write", &e);
+        }
+        Ok(())
+    }
+
+    fn dma_map(
+        &mut self,
+        _flags: DmaMapFlags,
+        offset: u64,
+        address: u64,
+        size: u64,
+        fd: Option<File>,
+    ) -> Result<(), std::io::Error> {
+        if size == 0 || address.checked_add(size).is_none() {
+            return Err(io_err(format!("DMA map of {size:#x} bytes at {address:#x}")));
+        }
+        let Some(file) = fd else {
+            self.unbacked.push((address, size));
+            self.stats.unbacked_maps.store(self.unbacked.len() as u64, Ordering::Relaxed);
+            return Ok(());
+        };
+        let len = file.metadata()?.len();
+        if offset.checked_add(size).is_none_or(|end| end > len) {
+            return Err(io_err(format!(
+                "DMA map: {size:#x} bytes at file offset {offset:#x} exceed the file ({len:#x})"
+            )));
+        }
+        let size_us = usize::try_from(size).map_err(|_| io_err("DMA map too large".into()))?;
+        let mmap = MmapRegion::from_file(FileOffset::new(file, offset), size_us).map_err(|e| io_err(e.to_string()))?;
+        let region = GuestRegionMmap::new(mmap, GuestAddress(address)).ok_or_else(|| io_err("DMA map wraps".into()))?;
+        let g = self.mem.lock().map_err(|_| io_err("memory map lock poisoned".into()))?;
+        let new = vm_memory::GuestAddressSpace::memory(&self.mem)
+            .insert_region(Arc::new(region))
+            .map_err(|e| io_err(format!("DMA map at {address:#x}: {e}")))?;
+        let n = vm_memory::GuestMemoryBackend::num_regions(&new) as u64;
+        g.replace(new);
+        self.stats.mapped_regions.store(n, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn dma_unmap(&mut self, _flags: DmaUnmapFlags, address: u64, size: u64) -> Result<(), std::io::Error> {
+        if let Some(i) = self.unbacked.iter().position(|&(a, s)| a == address && s == size) {
+            self.unbacked.swap_remove(i);
+            self.stats.unbacked_maps.store(self.unbacked.len() as u64, Ordering::Relaxed);
+            return Ok(());
+        }
+        let g = self.mem.lock().map_err(|_| io_err("memory map lock poisoned".into()))?;
+        let (new, _) = vm_memory::GuestAddressSpace::memory(&self.mem)
+            .remove_region(GuestAddress(address), size)
+            .map_err(|e| io_err(format!("DMA unmap {address:#x}: {e}")))?;
+        let n = vm_memory::GuestMemoryBackend::num_regions(&new) as u64;
+        g.replace(new);
+        self.stats.mapped_regions.store(n, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn reset(&mut self) -> Result<(), std::io::Error> {
+        self.dev.reset().map_err(|e| io_err(e.to_string()))
+    }
+
+    fn set_irqs(
+        &mut self,
+        index: u32,
+        flags: u32,
+        start: u32,
+        count: u32,
+        fds: Vec<File>,
+    ) -> Result<(), std::io::Error> {
+        if index != IRQ_INTX && index != IRQ_MSI {
+            return if count == 0 { Ok(()) } else { Err(io_err(format!("interrupt index {index} has no vectors"))) };
+        }
+        if start != 0 || count > 1 {
+            return Err(io_err(format!("interrupt {index}: vectors {start}+{count} (one vector only)")));
+        }
+        let e = |r: Result<(), super::MdevError>| r.map_err(|e| io_err(e.to_string()));
+        match (flags & 0x38, flags & 0x7) {
+            (IRQ_SET_ACTION_TRIGGER, IRQ_SET_DATA_EVENTFD) => {
+                let t = if count == 0 { None } else { fds.into_iter().next().map(IrqTrigger::Eventfd) };
+                e(self.dev.set_irq(index, t))
+            }
+            // Fire it now (a test of the wiring).
+            (IRQ_SET_ACTION_TRIGGER, IRQ_SET_DATA_NONE) if count == 1 => {
+                self.dev.fire_irq(index);
+                Ok(())
+            }
+            (IRQ_SET_ACTION_TRIGGER, IRQ_SET_DATA_NONE) => e(self.dev.set_irq(index, None)),
+            (IRQ_SET_ACTION_MASK, IRQ_SET_DATA_NONE) if index == IRQ_INTX => {
+                self.dev.mask_intx(true);
+                Ok(())
+            }
+            (IRQ_SET_ACTION_UNMASK, IRQ_SET_DATA_NONE) if index == IRQ_INTX => {
+                self.dev.mask_intx(false);
+                Ok(())
+            }
+            _ => Err(io_err(format!("interrupt {index}: unsupported SET_IRQS flags {flags:#x}"))),
+        }
+    }
+}

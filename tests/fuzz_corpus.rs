@@ -13,6 +13,7 @@ fn targets() -> Vec<(&'static str, Target)> {
         ("elsp", shadowgpu::execlist::fuzzing::elsp_bytes),
         ("ggtt", shadowgpu::mm::fuzzing::ggtt_bytes),
         ("ppgtt", shadowgpu::mm::fuzzing::ppgtt_bytes),
+        ("device", shadowgpu::vgpu::fuzzing::device_bytes),
     ]
 }
 
@@ -50,6 +51,7 @@ fn write_seed_corpus() {
         ("elsp", shadowgpu::execlist::fuzzing::seeds()),
         ("ggtt", ggtt),
         ("ppgtt", ppgtt),
+        ("device", shadowgpu::vgpu::fuzzing::seeds()),
     ];
     for (name, seeds) in sets {
         for (i, s) in seeds.iter().enumerate() {

@@ -10,6 +10,7 @@
 pub mod cfg;
 pub mod device;
 pub mod engines;
+pub mod fuzzing;
 pub mod irq;
 pub mod mmio;
 pub mod opregion;

@@ -94,6 +94,8 @@ pub struct RegTable {
     /// Per dword: 0 for untracked, else index + 1 into `regs`.
     index: Vec<u16>,
     regs: Vec<RegInfo>,
+    /// `(offset, value)` of the registers whose reset value is not zero, by offset.
+    defaults: Vec<(u32, u32)>,
 }
 
 impl RegTable {
@@ -128,10 +130,7 @@ impl RegTable {
 
     /// `(offset, value)` of every register whose reset value is not zero.
     pub fn defaults(&self) -> impl Iterator<Item = (u32, u32)> + '_ {
-        self.index.iter().enumerate().filter_map(|(dw, &i)| {
-            let r = self.regs.get(usize::from(i).checked_sub(1)?)?;
-            (r.default != 0).then_some((dw as u32 * 4, r.default))
-        })
+        self.defaults.iter().copied()
     }
 
     fn add(&mut self, off: u32, r: RegInfo) {
@@ -151,7 +150,7 @@ impl RegTable {
     }
 
     fn build(device: &Device) -> RegTable {
-        let mut t = RegTable { index: vec![0; DWORDS], regs: Vec::new() };
+        let mut t = RegTable { index: vec![0; DWORDS], regs: Vec::new(), defaults: Vec::new() };
         let gen = device.platform.gen();
         let masked = |kind| RegInfo { masked: true, ..info(kind) };
         let fw = |ack| masked(Kind::Forcewake { ack });
@@ -228,6 +227,15 @@ impl RegTable {
         }
         t.plain_range(0x24d0..0x2500); // FORCE_NONPRIV
         t.plain_range(0x4000..0x4100); // GAM / PPAT / fault registers
+        t.defaults = t
+            .index
+            .iter()
+            .enumerate()
+            .filter_map(|(dw, &i)| {
+                let r = t.regs.get(usize::from(i).checked_sub(1)?)?;
+                (r.default != 0).then_some((dw as u32 * 4, r.default))
+            })
+            .collect();
         t
     }
 }

@@ -151,7 +151,7 @@ pub mod off {
     pub const G2V_NOTIFY: u32 = 0x818;
     /// cursor_x_hot.
     pub const CURSOR_X_HOT: u32 = 0x830;
-    /// pdp[0].lo.
+    /// `pdp[0].lo`.
     pub const PDP: u32 = 0x838;
     /// execlist_context_descriptor_lo.
     pub const EXECLIST_DESC: u32 = 0x858;

@@ -88,6 +88,11 @@ fn hot_registers() -> Vec<u32> {
     v
 }
 
+/// The first `n` (at most 8) bytes of `b`.
+fn buf8(b: &mut [u8; 8], n: usize) -> &mut [u8] {
+    b.split_at_mut(n.min(8)).0
+}
+
 fn take<const N: usize>(d: &mut &[u8]) -> Option<[u8; N]> {
     let (h, t) = d.split_first_chunk::<N>()?;
     *d = t;
@@ -145,11 +150,11 @@ pub fn device_bytes(data: &[u8]) -> Result<bool, String> {
                 };
                 let off = off & !(n as u64 - 1);
                 let value =
-                    if c & 0x40 != 0 { (value & 0xfff) | (value >> 12) % (MEM / 4096 + 2) << 12 } else { value };
+                    if c & 0x40 != 0 { (value & 0xfff) | (((value >> 12) % (MEM / 4096 + 2)) << 12) } else { value };
                 if op % 8 == 2 {
                     dev.write(REGION_BAR0, off, value.to_le_bytes().get(..n).unwrap_or(&[]))
                 } else {
-                    dev.read(REGION_BAR0, off, &mut [0u8; 8][..n])
+                    dev.read(REGION_BAR0, off, buf8(&mut [0u8; 8], n))
                 }
             }
             4 | 5 => {
@@ -158,7 +163,7 @@ pub fn device_bytes(data: &[u8]) -> Result<bool, String> {
                 if op % 8 == 4 {
                     dev.write(REGION_BAR2, off, vb.get(..n).unwrap_or(&[]))
                 } else {
-                    dev.read(REGION_BAR2, off, &mut [0u8; 8][..n])
+                    dev.read(REGION_BAR2, off, buf8(&mut [0u8; 8], n))
                 }
             }
             6 => {

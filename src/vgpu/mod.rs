@@ -1,4 +1,4 @@
-//! One vGPU's device model: PCI configuration space ([`cfg`]), the BAR0 register file
+//! One vGPU's device model: PCI configuration space ([`cfg`](mod@cfg)), the BAR0 register file
 //! ([`regs`], dispatched in [`mmio`]), the interrupt tree ([`irq`]), PVINFO, the OpRegion
 //! ([`opregion`]), the aperture, resets ([`device`]) and the submission side ([`engines`]):
 //! ELSP writes become scanned workloads on the scheduler, completions become write-backs, CSB

@@ -3,6 +3,7 @@
 
 pub mod cmd;
 pub mod context;
+pub mod demo;
 pub mod execlist;
 pub mod guest;
 pub mod host;

@@ -1,4 +1,5 @@
-//! The `shadowgpu` command: `scan` decodes and audits a command buffer; `serve` (feature
+//! The `shadowgpu` command: `demo` (the main job) shares a software GPU between four vGPUs;
+//! `scan` decodes and audits a command buffer; `serve` (feature
 //! `vfio-user`) serves vGPUs to external VMMs.
 
 mod cli;
@@ -17,6 +18,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Four vGPUs share one software GPU for a few seconds: per-vGPU table, SVG timeline, JSON.
+    Demo(cli::demo::DemoArgs),
     /// Decode and audit a ring (and the batch buffers it reaches) the way the vGPU scanner does.
     Scan(cli::scan::ScanArgs),
     /// Serve vGPUs of a software GPU to VMMs over vfio-user (cloud-hypervisor, QEMU >= 10.1).
@@ -27,6 +30,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Demo(args) => cli::demo::run_demo(&args),
         Command::Scan(args) => cli::scan::run(&args),
         #[cfg(feature = "vfio-user")]
         Command::Serve(args) => cli::serve::run(&args),

@@ -53,15 +53,25 @@ pub fn draw(buf: &mut CmdBuf) {
         ("3DSTATE_RASTER", None),
         ("3DSTATE_CLIP", None),
         ("3DSTATE_STREAMOUT", None),
-        ("3DPRIMITIVE", None),
     ] {
         command(buf, name, len);
+    }
+    // 3DPRIMITIVE: a triangle list of 1,536 vertices, one instance.
+    command(buf, "3DPRIMITIVE", None);
+    let n = buf.dwords.len();
+    if let Some(p) = buf.dwords.get_mut(n.saturating_sub(6)..) {
+        p.copy_from_slice(&[0x4, 1536, 0, 1, 0, 0]);
     }
 }
 
 /// A render batch: STATE_BASE_ADDRESS, `draws` draw calls with a PIPE_CONTROL every 16, a final
 /// PPGTT post-sync write and MI_BATCH_BUFFER_END.
 pub fn render_batch(draws: usize) -> CmdBuf {
+    render_batch_to(draws, 0x7fff_0000)
+}
+
+/// [`render_batch`] with its final post-sync write to PPGTT address `done`.
+pub fn render_batch_to(draws: usize, done: u64) -> CmdBuf {
     let mut b = CmdBuf::new();
     b.pipe_control(1 << 20, PostSync::None, AddrSpace::Ppgtt, 0, 0, false);
     command(&mut b, "STATE_BASE_ADDRESS", None);
@@ -72,7 +82,7 @@ pub fn render_batch(draws: usize) -> CmdBuf {
             b.pipe_control(1 << 12 | 1 << 20, PostSync::None, AddrSpace::Ppgtt, 0, 0, false);
         }
     }
-    b.pipe_control(1 << 20, PostSync::WriteImmediate, AddrSpace::Ppgtt, 0x7fff_0000, 1, false);
+    b.pipe_control(1 << 20, PostSync::WriteImmediate, AddrSpace::Ppgtt, done, 1, false);
     b.bb_end();
     b
 }
@@ -93,6 +103,11 @@ pub fn blit_batch(n: usize, base: u64) -> CmdBuf {
 
 /// A video batch of `n` AVC slice decodes with their picture state, as a media driver emits on VCS.
 pub fn media_batch(n: usize) -> CmdBuf {
+    media_batch_to(n, 0x7fff_0000)
+}
+
+/// [`media_batch`] with its final flush's post-sync write to PPGTT address `done`.
+pub fn media_batch_to(n: usize, done: u64) -> CmdBuf {
     let mut b = CmdBuf::new();
     for (name, len) in [
         ("MFX_PIPE_MODE_SELECT", None),
@@ -111,7 +126,7 @@ pub fn media_batch(n: usize) -> CmdBuf {
             command(&mut b, name, None);
         }
     }
-    b.flush_dw(PostSync::WriteImmediate, AddrSpace::Ppgtt, 0x7fff_0000, 1, false, false);
+    b.flush_dw(PostSync::WriteImmediate, AddrSpace::Ppgtt, done, 1, false, false);
     b.bb_end();
     b
 }

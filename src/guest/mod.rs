@@ -33,7 +33,7 @@ const RING_SIZE: u64 = 4 * PAGE;
 const SEQNO_OFFSET: u64 = 0x200;
 /// First PPGTT virtual address the driver maps.
 pub const PPGTT_VA: u64 = 0x1_0000_0000;
-/// Bytes of PPGTT space mapped (one page table).
+/// Bytes of PPGTT space [`Driver::probe`] maps (one page table).
 pub const PPGTT_SIZE: u64 = 2 << 20;
 /// PPGTT bytes per engine for batches.
 const BATCH_AREA: u64 = 64 << 10;
@@ -177,6 +177,7 @@ pub struct Driver<B, M> {
     ram_end: u64,
     gm_next: u64,
     ppgtt_gpa: u64,
+    ppgtt_size: u64,
     pml4: u64,
     engines: Vec<EngineObjs>,
 }
@@ -195,6 +196,15 @@ impl<B: Bus, M: GuestAddressSpace> Driver<B, M> {
     /// Probes and initialises the vGPU on `bus`. The driver allocates its pages from guest RAM
     /// `[ram.0, ram.0 + ram.1)` of the address space `mem`; `irq` is signalled by whoever injects the vGPU's MSI.
     pub fn probe(bus: B, mem: M, ram: (u64, u64), irq: IrqLine) -> Result<Self, GuestError> {
+        Self::probe_with(bus, mem, ram, irq, PPGTT_SIZE)
+    }
+
+    /// [`Driver::probe`] with `ppgtt_size` bytes (a multiple of 2 MiB, at most 1 GiB) of PPGTT
+    /// space mapped from [`PPGTT_VA`].
+    pub fn probe_with(bus: B, mem: M, ram: (u64, u64), irq: IrqLine, ppgtt_size: u64) -> Result<Self, GuestError> {
+        if ppgtt_size == 0 || ppgtt_size % (2 << 20) != 0 || ppgtt_size > 1 << 30 {
+            return Err(GuestError::Probe(format!("PPGTT size {ppgtt_size:#x}: a multiple of 2 MiB up to 1 GiB")));
+        }
         let mut id = [0u8; 4];
         bus.read(REGION_CONFIG, 0, &mut id).map_err(bus_err)?;
         let id = u32::from_le_bytes(id);
@@ -213,6 +223,7 @@ impl<B: Bus, M: GuestAddressSpace> Driver<B, M> {
             ram_end,
             gm_next: 0,
             ppgtt_gpa: 0,
+            ppgtt_size,
             pml4: 0,
             engines: Vec::new(),
         };
@@ -329,17 +340,20 @@ impl<B: Bus, M: GuestAddressSpace> Driver<B, M> {
     }
 
     fn setup_ppgtt(&mut self) -> Result<(), GuestError> {
-        // PML4 -> PDP -> PD -> one page table mapping PPGTT_VA.. to contiguous guest pages.
-        let tables = self.ram(4 * PAGE)?;
-        let backing = self.ram(PPGTT_SIZE)?;
+        // PML4 -> PDP -> PD -> page tables mapping PPGTT_VA.. to contiguous guest pages.
+        let pts = self.ppgtt_size >> 21;
+        let tables = self.ram((3 + pts) * PAGE)?;
+        let backing = self.ram(self.ppgtt_size)?;
         let q = |m: &M, a: u64, v: u64| m.memory().write_obj(v, GuestAddress(a)).map_err(|_| GuestError::Memory(a));
         let l4 = (PPGTT_VA >> 39) & 0x1ff;
         let l3 = (PPGTT_VA >> 30) & 0x1ff;
         let l2 = (PPGTT_VA >> 21) & 0x1ff;
         q(&self.mem, tables + 8 * l4, (tables + PAGE) | 3)?;
         q(&self.mem, tables + PAGE + 8 * l3, (tables + 2 * PAGE) | 3)?;
-        q(&self.mem, tables + 2 * PAGE + 8 * l2, (tables + 3 * PAGE) | 3)?;
-        for i in 0..PPGTT_SIZE / PAGE {
+        for t in 0..pts {
+            q(&self.mem, tables + 2 * PAGE + 8 * (l2 + t), (tables + (3 + t) * PAGE) | 3)?;
+        }
+        for i in 0..self.ppgtt_size / PAGE {
             q(&self.mem, tables + 3 * PAGE + 8 * i, (backing + i * PAGE) | 3)?;
         }
         self.ppgtt_gpa = backing;
@@ -372,7 +386,7 @@ impl<B: Bus, M: GuestAddressSpace> Driver<B, M> {
         put(&self.mem, idx::PDP3_UDW + 14, self.pml4 as u32)?;
         let slot = self.engines.len() as u64;
         let batch_va = PPGTT_VA + slot * BATCH_AREA;
-        if batch_va + BATCH_AREA > PPGTT_VA + PPGTT_SIZE / 2 {
+        if batch_va + BATCH_AREA > PPGTT_VA + self.ppgtt_size / 2 {
             return Err(GuestError::NoSpace("PPGTT batch space"));
         }
         self.engines.push(EngineObjs {
@@ -417,13 +431,18 @@ impl<B: Bus, M: GuestAddressSpace> Driver<B, M> {
 
     /// The guest physical address behind PPGTT address `va` (in the mapped range).
     pub fn ppgtt_gpa(&self, va: u64) -> Option<u64> {
-        let off = va.checked_sub(PPGTT_VA).filter(|&o| o < PPGTT_SIZE)?;
+        let off = va.checked_sub(PPGTT_VA).filter(|&o| o < self.ppgtt_size)?;
         Some(self.ppgtt_gpa + off)
     }
 
     /// A PPGTT buffer area free for the caller's data: the upper half of the mapped range.
     pub fn data_va(&self) -> u64 {
-        PPGTT_VA + PPGTT_SIZE / 2
+        PPGTT_VA + self.ppgtt_size / 2
+    }
+
+    /// Bytes of PPGTT space mapped.
+    pub fn ppgtt_size(&self) -> u64 {
+        self.ppgtt_size
     }
 
     /// The guest memory.

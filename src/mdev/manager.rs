@@ -148,8 +148,14 @@ impl GpuManager {
 
     /// A manager on a new software GPU presenting `platform`'s default device (desktop layout).
     pub fn software(platform: Platform) -> Result<Self, ManagerError> {
+        GpuManager::software_with_layout(platform, GmLayout::DESKTOP)
+    }
+
+    /// A manager on a new software GPU with graphics memory `layout` (a larger aperture fits more
+    /// vGPUs).
+    pub fn software_with_layout(platform: Platform, layout: GmLayout) -> Result<Self, ManagerError> {
         let device = platform.default_device();
-        let cfg = SimConfig { gen: platform.gen(), engines: device.engines(), ..SimConfig::default() };
+        let cfg = SimConfig { gen: platform.gen(), engines: device.engines(), layout, ..SimConfig::default() };
         let gpu: Arc<dyn HostGpu> = Arc::new(SimGpu::new(cfg));
         let sched = Arc::new(Scheduler::new(gpu, SchedConfig::default()));
         GpuManager::new(sched, GpuInfo { device, revision: 0x07, layout: cfg.layout, reserve: cfg.reserve })

@@ -145,7 +145,23 @@ struct EngineState {
     host_values: Vec<u32>,
     stats: EngineStats,
     shutdown: bool,
+    /// Engine occupancy record, when tracing.
+    trace: Option<Vec<Slice>>,
 }
+
+/// One job's stretch of engine time, for occupancy timelines.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Slice {
+    /// Whose job.
+    pub vgpu: VgpuId,
+    /// Engine-time clock of the engine when it started (sum of earlier jobs' engine time), ns.
+    pub start_ns: u64,
+    /// Engine time it took, ns.
+    pub engine_ns: u64,
+}
+
+/// Most slices kept per engine while tracing.
+pub const MAX_TRACE: usize = 1 << 20;
 
 struct EngineSched {
     engine: Engine,
@@ -207,6 +223,7 @@ impl Scheduler {
                         host_values,
                         stats: EngineStats::default(),
                         shutdown: false,
+                        trace: None,
                     }),
                     cv: Condvar::new(),
                     submissions: AtomicU64::new(0),
@@ -362,6 +379,29 @@ impl Scheduler {
         if let Ok(s) = self.stats_of(id) {
             s.lock().reject(reason);
         }
+    }
+
+    /// Adds `bytes` scanned for vGPU `id` (copied from guest memory and audited).
+    pub fn record_scanned(&self, id: VgpuId, bytes: u64) {
+        if let Ok(s) = self.stats_of(id) {
+            let mut s = s.lock();
+            s.scanned_bytes = s.scanned_bytes.saturating_add(bytes);
+        }
+    }
+
+    /// Starts (or stops) recording which vGPU occupied each engine when ([`Scheduler::take_trace`]).
+    pub fn set_trace(&self, on: bool) {
+        for e in &self.inner.engines {
+            e.state.lock().trace = on.then(Vec::new);
+        }
+    }
+
+    /// The occupancy recorded on `engine` since tracing started or the last take.
+    pub fn take_trace(&self, engine: Engine) -> Vec<Slice> {
+        self.engine(engine).ok().map_or_else(Vec::new, |e| {
+            let mut st = e.state.lock();
+            st.trace.as_mut().map(std::mem::take).unwrap_or_default()
+        })
     }
 
     /// Counters of `engine`.
@@ -520,6 +560,10 @@ fn engine_loop(inner: &Inner, index: usize) {
             let mut st = e.state.lock();
             st.policy.charge(id, engine_ns);
             st.stats.jobs += 1;
+            let start_ns = st.stats.busy_ns;
+            if let Some(t) = st.trace.as_mut().filter(|t| t.len() < MAX_TRACE) {
+                t.push(Slice { vgpu: id, start_ns, engine_ns });
+            }
             st.stats.busy_ns += engine_ns;
             let mut d = Vec::new();
             if result.is_err() {

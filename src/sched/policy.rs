@@ -134,8 +134,14 @@ impl Policy {
         }
         self.slice_used = self.slice_used.saturating_add(ns);
         self.period_used = self.period_used.saturating_add(ns);
-        while self.period_used >= self.cfg.period_ns.max(1) {
-            self.period_used -= self.cfg.period_ns.max(1);
+        let period = self.cfg.period_ns.max(1);
+        let periods = self.period_used / period;
+        self.period_used %= period;
+        // Past a full cycle of stages the allocations start over: skip whole cycles (a job far
+        // longer than a period must not make this loop long).
+        let stages = u64::from(self.cfg.stages.max(1));
+        let skip = periods.saturating_sub(stages) / stages * stages;
+        for _ in skip..periods {
             self.balance();
         }
     }

@@ -18,6 +18,8 @@ pub struct VgpuStats {
     pub rejections: BTreeMap<String, u64>,
     /// Engine time used, ns, per engine index.
     pub engine_ns: [u64; 5],
+    /// Bytes scanned (copied from guest memory and audited) for accepted workloads.
+    pub scanned_bytes: u64,
     /// Wall time spent inside the host backend, ns (what "engine time excluded" subtracts).
     pub host_wall_ns: u64,
     /// Submission-to-completion latencies, ns (the first 2^20).

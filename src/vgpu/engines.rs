@@ -243,6 +243,9 @@ where
                 }
             }
         }
+        let scanned =
+            works.iter().map(|w| w.ring.stats.bytes_copied + w.wa.as_ref().map_or(0, |x| x.stats.bytes_copied)).sum();
+        s.sched.record_scanned(s.cfg.id, scanned);
         let switch = es.execlist.schedule_in(&sub).map_err(|why| VgpuError::Execlist { engine, why })?;
         let lite = switch.events.iter().any(|e| e.status.contains(CsbStatus::LITE_RESTORE));
         if lite {

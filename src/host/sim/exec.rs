@@ -167,12 +167,19 @@ impl<'a> Exec<'a> {
     }
 
     /// Charges engine time; past the timeout the workload is hung.
+    /// A command that would run past the timeout is stopped there: the engine time charged never
+    /// exceeds the timeout.
     pub fn charge(&mut self, ns: u64, what: &'static str) -> Result<(), Stop> {
-        self.ns = self.ns.saturating_add(ns);
-        self.core.clock_ns = self.core.clock_ns.saturating_add(ns);
-        if self.ns > self.cost.hang_timeout_ns {
+        let limit = self.cost.hang_timeout_ns;
+        let total = self.ns.saturating_add(ns);
+        if total > limit {
+            let used = limit.saturating_sub(self.ns);
+            self.core.clock_ns = self.core.clock_ns.saturating_add(used);
+            self.ns = limit;
             return Err(Stop::Hang(what));
         }
+        self.ns = total;
+        self.core.clock_ns = self.core.clock_ns.saturating_add(ns);
         Ok(())
     }
 

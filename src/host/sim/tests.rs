@@ -225,7 +225,10 @@ fn semaphore_wait_passes_or_hangs() {
     let mut c = CmdBuf::new();
     c.semaphore_wait(Ggtt, sem, 4).store_dword(Ggtt, t, 2);
     let e = r.run(&c).unwrap_err();
-    assert!(matches!(e, HostError::Hang { engine: Engine::Rcs, engine_ns, .. } if engine_ns == 200_000), "{e}: stopped at the timeout");
+    assert!(
+        matches!(e, HostError::Hang { engine: Engine::Rcs, engine_ns, .. } if engine_ns == 200_000),
+        "{e}: stopped at the timeout"
+    );
     assert_eq!(r.ggtt32(t), 1, "nothing after the wait ran");
     r.gpu.reset_engine(Engine::Rcs);
     r.guest.write_obj(4u32, GuestAddress(sem - WIN)).unwrap();

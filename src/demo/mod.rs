@@ -291,15 +291,6 @@ fn guest_thread(
     Ok(tally)
 }
 
-fn percentile(v: &mut [u64], p: f64) -> f64 {
-    if v.is_empty() {
-        return 0.0;
-    }
-    v.sort_unstable();
-    let i = ((v.len() - 1) as f64 * p).round() as usize;
-    v.get(i).copied().unwrap_or(0) as f64 / 1000.0
-}
-
 fn timeline(slices: &[crate::sched::Slice], ids: &[u32]) -> Vec<Vec<u64>> {
     let total = slices.last().map_or(0, |s| s.start_ns + s.engine_ns);
     let mut buckets = vec![vec![0u64; ids.len()]; TIMELINE_BUCKETS];
@@ -382,12 +373,13 @@ pub fn run(cfg: &DemoConfig, progress: &(dyn Fn(f64) + Sync)) -> Result<DemoRepo
         render_total += st.engine_ns.get(Engine::Rcs.index()).copied().unwrap_or(0);
         stats.push((tally, st));
     }
-    for (((dev, ..), (tally, mut st)), &weight) in devs.iter().zip(stats).zip(&weights) {
+    let live = gpu.list();
+    for (((dev, ..), (tally, st)), &weight) in devs.iter().zip(stats).zip(&weights) {
         let p = dev.vgpu().params();
         let rcs = st.engine_ns.get(Engine::Rcs.index()).copied().unwrap_or(0);
-        let p50 = percentile(&mut st.latencies_ns, 0.5);
-        let p99 = percentile(&mut st.latencies_ns, 0.99);
-        let ty = gpu.list().into_iter().find(|v| v.id == p.id).map(|v| v.ty).unwrap_or_default();
+        let us = |p: f64| st.latency_percentile(p).unwrap_or(0) as f64 / 1000.0;
+        let (p50, p99) = (us(50.0), us(99.0));
+        let ty = live.iter().find(|v| v.id == p.id).map(|v| v.ty.clone()).unwrap_or_default();
         vgpus.push(VgpuReport {
             id: p.id,
             ty,

@@ -60,17 +60,12 @@ where
     }
 }
 
-impl<B: Bus + ?Sized> Bus for Arc<B> {
-    fn read(&self, region: u32, offset: u64, data: &mut [u8]) -> Result<(), String> {
-        (**self).read(region, offset, data)
-    }
-
-    fn write(&self, region: u32, offset: u64, data: &[u8]) -> Result<(), String> {
-        (**self).write(region, offset, data)
-    }
-}
-
-impl<B: Bus + ?Sized> Bus for &B {
+/// A reference or a smart pointer to a bus (`&MdevDevice`, `Arc<..>`) is a bus.
+impl<P> Bus for P
+where
+    P: std::ops::Deref,
+    P::Target: Bus,
+{
     fn read(&self, region: u32, offset: u64, data: &mut [u8]) -> Result<(), String> {
         (**self).read(region, offset, data)
     }

@@ -200,15 +200,15 @@ impl Drop for Release {
     }
 }
 
-/// Splits `[offset, offset + len)` into naturally aligned accesses of at most `max` bytes.
-fn accesses(offset: u64, len: usize, max: usize) -> impl Iterator<Item = (u64, std::ops::Range<usize>)> {
+/// Splits `[offset, offset + len)` into naturally aligned accesses of at most 8 bytes.
+fn accesses(offset: u64, len: usize) -> impl Iterator<Item = (u64, std::ops::Range<usize>)> {
     let mut done = 0usize;
     std::iter::from_fn(move || {
         if done >= len {
             return None;
         }
         let at = offset.wrapping_add(done as u64);
-        let n = [8usize, 4, 2, 1].into_iter().find(|&n| n <= max && n <= len - done && at % n as u64 == 0).unwrap_or(1);
+        let n = [8usize, 4, 2, 1].into_iter().find(|&n| n <= len - done && at % n as u64 == 0).unwrap_or(1);
         let r = done..done + n;
         done += n;
         Some((at, r))
@@ -283,7 +283,7 @@ where
             REGION_CONFIG => self.vgpu.cfg_read(offset, data),
             REGION_BAR0 => {
                 let mut first = Ok(());
-                for (at, r) in accesses(offset, data.len(), 8) {
+                for (at, r) in accesses(offset, data.len()) {
                     if let Some(d) = data.get_mut(r) {
                         if let Err(e) = self.vgpu.mmio_read(at, d) {
                             first = first.and(Err(e));
@@ -315,7 +315,7 @@ where
             REGION_CONFIG => self.vgpu.cfg_write(offset, data),
             REGION_BAR0 => {
                 let mut first = Ok(());
-                for (at, r) in accesses(offset, data.len(), 8) {
+                for (at, r) in accesses(offset, data.len()) {
                     if let Some(d) = data.get(r) {
                         if let Err(e) = self.vgpu.mmio_write(at, d) {
                             first = first.and(Err(e));

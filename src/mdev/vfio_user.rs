@@ -184,6 +184,20 @@ impl Backend {
         log(&format!("vGPU {}: {what}: {e}", self.id()));
     }
 
+    /// Replaces the guest memory map with `change(current)` under the map's lock, and counts its
+    /// regions.
+    fn update_memory(
+        &self,
+        change: impl FnOnce(&GuestMemoryMmap<()>) -> Result<GuestMemoryMmap<()>, std::io::Error>,
+    ) -> Result<(), std::io::Error> {
+        let g = self.mem.lock().map_err(|_| io_err("memory map lock poisoned".into()))?;
+        let new = change(&vm_memory::GuestAddressSpace::memory(&self.mem))?;
+        let n = vm_memory::GuestMemoryBackend::num_regions(&new) as u64;
+        g.replace(new);
+        self.stats.mapped_regions.store(n, Ordering::Relaxed);
+        Ok(())
+    }
+
     /// The client went away: drop its work, memory and eventfds; reset the device for the next.
     fn disconnected(&mut self) {
         self.stats.clients.fetch_add(1, Ordering::Relaxed);
@@ -248,14 +262,9 @@ impl ServerBackend for Backend {
         let size_us = usize::try_from(size).map_err(|_| io_err("DMA map too large".into()))?;
         let mmap = MmapRegion::from_file(FileOffset::new(file, offset), size_us).map_err(|e| io_err(e.to_string()))?;
         let region = GuestRegionMmap::new(mmap, GuestAddress(address)).ok_or_else(|| io_err("DMA map wraps".into()))?;
-        let g = self.mem.lock().map_err(|_| io_err("memory map lock poisoned".into()))?;
-        let new = vm_memory::GuestAddressSpace::memory(&self.mem)
-            .insert_region(Arc::new(region))
-            .map_err(|e| io_err(format!("DMA map at {address:#x}: {e}")))?;
-        let n = vm_memory::GuestMemoryBackend::num_regions(&new) as u64;
-        g.replace(new);
-        self.stats.mapped_regions.store(n, Ordering::Relaxed);
-        Ok(())
+        self.update_memory(|m| {
+            m.insert_region(Arc::new(region)).map_err(|e| io_err(format!("DMA map at {address:#x}: {e}")))
+        })
     }
 
     fn dma_unmap(&mut self, _flags: DmaUnmapFlags, address: u64, size: u64) -> Result<(), std::io::Error> {
@@ -264,14 +273,11 @@ impl ServerBackend for Backend {
             self.stats.unbacked_maps.store(self.unbacked.len() as u64, Ordering::Relaxed);
             return Ok(());
         }
-        let g = self.mem.lock().map_err(|_| io_err("memory map lock poisoned".into()))?;
-        let (new, _) = vm_memory::GuestAddressSpace::memory(&self.mem)
-            .remove_region(GuestAddress(address), size)
-            .map_err(|e| io_err(format!("DMA unmap {address:#x}: {e}")))?;
-        let n = vm_memory::GuestMemoryBackend::num_regions(&new) as u64;
-        g.replace(new);
-        self.stats.mapped_regions.store(n, Ordering::Relaxed);
-        Ok(())
+        self.update_memory(|m| {
+            m.remove_region(GuestAddress(address), size)
+                .map(|(new, _)| new)
+                .map_err(|e| io_err(format!("DMA unmap {address:#x}: {e}")))
+        })
     }
 
     fn reset(&mut self) -> Result<(), std::io::Error> {

@@ -19,7 +19,7 @@ use super::engines::{EngineIrq, VgpuConfig, VgpuEngines, VgpuError};
 use super::irq::IrqTree;
 use super::opregion::OpRegion;
 use super::regs::{Failsafe, RegState, RegTable, UnknownReg};
-use crate::cmd::{page_chunks, GmWindows, ScanLimits};
+use crate::cmd::{page_chunks, ScanLimits};
 use crate::hw::pvinfo::{GmadrRange, VgtIf};
 use crate::hw::Device;
 use crate::mm::GmAllocation;
@@ -152,9 +152,10 @@ impl<A> std::fmt::Debug for Vgpu<A> {
     }
 }
 
-fn windows_pv(w: &GmWindows) -> (GmadrRange, GmadrRange) {
+/// The PVINFO page a vGPU made of `p` presents at reset.
+fn pvinfo(p: &VgpuParams) -> VgtIf {
     let r = |g: crate::cmd::GmRange| GmadrRange { base: g.base as u32, size: g.size as u32 };
-    (r(w.aperture), r(w.hidden))
+    VgtIf::new(p.id, r(p.gm.windows.aperture), r(p.gm.windows.hidden), p.gm.fences.len() as u32)
 }
 
 impl<A> Vgpu<A>
@@ -176,9 +177,7 @@ where
         let engines = VgpuEngines::new(vcfg, mem, sched, move |e| line.engine(e))?;
         let cfg = ConfigSpace::new(&params.device, params.revision, BAR0_SIZE, params.aperture_size, params.ggtt_size);
         let table = RegTable::get(&params.device);
-        let (map, unmap) = windows_pv(&params.gm.windows);
-        let pv = VgtIf::new(params.id, map, unmap, params.gm.fences.len() as u32);
-        let bar0 = Bar0State { regs: RegState::new(table), pv, pv_notified: false, failsafe: None };
+        let bar0 = Bar0State { regs: RegState::new(table), pv: pvinfo(&params), pv_notified: false, failsafe: None };
         Ok(Vgpu {
             opregion: OpRegion::new(params.device.platform.short_name()),
             params,
@@ -270,8 +269,7 @@ where
         {
             let mut b = self.bar0.lock();
             b.regs.reset(0, crate::hw::reg::MMIO_SIZE);
-            let (map, unmap) = windows_pv(&self.params.gm.windows);
-            b.pv = VgtIf::new(self.params.id, map, unmap, self.params.gm.fences.len() as u32);
+            b.pv = pvinfo(&self.params);
             b.pv_notified = false;
             b.failsafe = None;
         }

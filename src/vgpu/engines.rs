@@ -331,8 +331,7 @@ where
     /// Device-level reset (VM reboot, FLR): engines reset, every shadow page table dropped and
     /// every GGTT entry pointed back at the scratch page.
     pub fn reset_device(&self) -> Result<(), VgpuError> {
-        let all = Engine::ALL.into_iter().fold(EngineMask::empty(), |m, e| m | e.mask());
-        self.reset_engines(all & self.shared.sched.host().engines())?;
+        self.reset_engines(self.shared.sched.host().engines())?;
         let mut mm = self.shared.mm.lock();
         let Mm { ggtt, ppgtt, host, writer } = &mut *mm;
         ppgtt.clear(&mut **host);

@@ -38,11 +38,7 @@ where
     pub fn mmio_read(&self, offset: u64, data: &mut [u8]) -> Result<(), DeviceError> {
         data.fill(0);
         let size = data.len();
-        if offset >= GTT_OFFSET {
-            let rel = offset - GTT_OFFSET;
-            if offset.checked_add(size as u64).is_none_or(|end| end > BAR0_SIZE) {
-                return Err(bad(offset, size, "beyond BAR0"));
-            }
+        if let Some(rel) = gtt_offset(offset, size)? {
             let v = self.engines.read_gtt(rel, size)?;
             let b = v.to_le_bytes();
             data.copy_from_slice(b.get(..size).ok_or_else(|| bad(offset, size, "size"))?);
@@ -70,11 +66,8 @@ where
         let mut b = [0u8; 8];
         b.get_mut(..size).ok_or_else(|| bad(offset, size, "size"))?.copy_from_slice(data);
         let value = u64::from_le_bytes(b);
-        if offset >= GTT_OFFSET {
-            if offset.checked_add(size as u64).is_none_or(|end| end > BAR0_SIZE) {
-                return Err(bad(offset, size, "beyond BAR0"));
-            }
-            return Ok(self.engines.write_gtt(offset - GTT_OFFSET, size, value)?);
+        if let Some(rel) = gtt_offset(offset, size)? {
+            return Ok(self.engines.write_gtt(rel, size, value)?);
         }
         check_reg_access(offset, size)?;
         if offset >= u64::from(reg::MMIO_SIZE) {
@@ -312,6 +305,18 @@ where
         }
         Ok(())
     }
+}
+
+/// The offset in the GTT region of an access at BAR0 `offset`, `None` below it; an access
+/// running past the end of BAR0 is an error.
+fn gtt_offset(offset: u64, size: usize) -> Result<Option<u64>, DeviceError> {
+    if offset < GTT_OFFSET {
+        return Ok(None);
+    }
+    if offset.checked_add(size as u64).is_none_or(|end| end > BAR0_SIZE) {
+        return Err(bad(offset, size, "beyond BAR0"));
+    }
+    Ok(Some(offset - GTT_OFFSET))
 }
 
 fn is_fence(off: u32) -> bool {

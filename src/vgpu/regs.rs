@@ -88,6 +88,11 @@ const fn info(kind: Kind) -> RegInfo {
     RegInfo { kind, masked: false, ro_mask: 0, default: 0 }
 }
 
+/// A status register the guest cannot change, reading `default`.
+const fn read_only(default: u32) -> RegInfo {
+    RegInfo { ro_mask: u32::MAX, default, ..info(Kind::Plain) }
+}
+
 /// The table of one platform.
 #[derive(Debug)]
 pub struct RegTable {
@@ -155,12 +160,12 @@ impl RegTable {
         let masked = |kind| RegInfo { masked: true, ..info(kind) };
         let fw = |ack| masked(Kind::Forcewake { ack });
         t.add(reg::FORCEWAKE_MT, fw(reg::FORCEWAKE_ACK_GT));
-        t.add(reg::FORCEWAKE_ACK_GT, RegInfo { ro_mask: u32::MAX, ..info(Kind::Plain) });
+        t.add(reg::FORCEWAKE_ACK_GT, read_only(0));
         if gen == Gen::Gen9 {
             t.add(reg::FORCEWAKE_RENDER, fw(reg::FORCEWAKE_ACK_RENDER));
             t.add(reg::FORCEWAKE_MEDIA, fw(reg::FORCEWAKE_ACK_MEDIA));
-            t.add(reg::FORCEWAKE_ACK_RENDER, RegInfo { ro_mask: u32::MAX, ..info(Kind::Plain) });
-            t.add(reg::FORCEWAKE_ACK_MEDIA, RegInfo { ro_mask: u32::MAX, ..info(Kind::Plain) });
+            t.add(reg::FORCEWAKE_ACK_RENDER, read_only(0));
+            t.add(reg::FORCEWAKE_ACK_MEDIA, read_only(0));
         }
         for e in Engine::ALL.into_iter().filter(|&e| device.has_engine(e)) {
             let b = e.mmio_base();
@@ -191,11 +196,11 @@ impl RegTable {
         t.add(reg::PCODE_DATA, info(Kind::Plain));
         t.add(reg::PCODE_DATA1, info(Kind::Plain));
         t.add(reg::GUC_STATUS, RegInfo { default: reg::GUC_MIA_IN_RESET, ..info(Kind::GucStatus) });
-        t.add(reg::GT_THREAD_STATUS, RegInfo { ro_mask: u32::MAX, ..info(Kind::Plain) });
-        t.add(reg::GT_CORE_STATUS, RegInfo { ro_mask: u32::MAX, ..info(Kind::Plain) });
+        t.add(reg::GT_THREAD_STATUS, read_only(0));
+        t.add(reg::GT_CORE_STATUS, read_only(0));
         t.add(reg::GFX_FLSH_CNTL, info(Kind::Discard));
         for (off, v) in fuses(device) {
-            t.add(off, RegInfo { ro_mask: u32::MAX, default: v, ..info(Kind::Plain) });
+            t.add(off, read_only(v));
         }
         // Display power and clocks: requests acknowledged so a modeset path finds them done.
         for i in 0..4 {
@@ -204,7 +209,7 @@ impl RegTable {
         match gen {
             Gen::Gen9 => {
                 let st = (1 << 31) | (1 << 27) | (1 << 26) | (1 << 25);
-                t.add(reg::SKL_FUSE_STATUS, RegInfo { ro_mask: u32::MAX, default: st, ..info(Kind::Plain) });
+                t.add(reg::SKL_FUSE_STATUS, read_only(st));
                 let req_ack = Kind::RequestAck { request: 1 << 31, ack: 1 << 30 };
                 t.add(reg::DBUF_CTL, RegInfo { ro_mask: 1 << 30, ..info(req_ack) });
                 t.add(reg::LCPLL1_CTL, RegInfo { ro_mask: 1 << 30, default: 0xc000_0000, ..info(req_ack) });

@@ -157,8 +157,14 @@ fn an_escape_is_rejected_and_the_other_vgpu_is_untouched() {
     let e = bad.submit(Engine::Bcs, bad.base + 0x1_0000, bad.base, &evil).unwrap_err();
     assert!(matches!(e, VgpuError::Rejected { engine: Engine::Bcs, .. }), "{e}");
     assert_eq!(bad.vgpu.stats().unwrap().rejections.get("command scan"), Some(&1));
-    // Until the guest resets the engine, it stays hung.
-    assert!(bad.submit(Engine::Bcs, bad.base + 0x1_0000, bad.base, &CmdBuf::new().noop(2).clone()).is_err());
+    // Until the guest resets the engine, it stays hung: a submission is latched, as the hardware
+    // latches an ELSP write behind a context that never completes, and runs nothing.
+    let mut latched = CmdBuf::new();
+    latched.store_dword(AddrSpace::Ppgtt, VA + 0x20, 9);
+    bad.submit(Engine::Bcs, bad.base + 0x1_0000, bad.base, &latched).unwrap();
+    bad.vgpu.wait_idle();
+    assert_eq!(bad.mem.read_obj::<u32>(GuestAddress(PT_GPA + 0x20)).unwrap(), 0, "ran on a hung engine");
+    assert_eq!(bad.vgpu.stats().unwrap().rejections.get("engine hung: submission before reset"), Some(&1));
     bad.vgpu.reset_engines(Engine::Bcs.mask()).unwrap();
 
     let mut ok = CmdBuf::new();

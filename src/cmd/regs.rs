@@ -93,6 +93,7 @@ static ENGINE_RELATIVE: &[Range] = &[
 /// Absolute offsets the render engine may touch, sorted, `end` exclusive.
 static RENDER_GLOBAL: &[Range] = &[
     r(0x2088, 0x208c, RW), // FF_SLICE_CHICKEN
+    r(0x2090, 0x2094, RW), // 3D_CHICKEN3 (i915's gen9 indirect-context workaround batch)
     r(0x20e0, 0x20f0, RW), // FF_SLICE_CS_CHICKEN1/2, CS_DEBUG_MODE1
     r(0x21f0, 0x21f4, RW), // read and restored by Windows drivers (GVT-g issue #60)
     r(0x2248, 0x224c, RW), // FORCE_NONPRIV-listed

@@ -138,7 +138,8 @@ pub fn serve(manager: &GpuManager, socket: &Path, ty: &str, once: bool) -> Resul
     let thread = std::thread::Builder::new()
         .name(format!("vfio-user {}", socket.display()))
         .spawn(move || {
-            let mut backend = Backend { dev, mem, unbacked: Vec::new(), stats: st };
+            let trace = std::env::var_os(TRACE_ENV).is_some_and(|v| v != "0");
+            let mut backend = Backend { dev, mem, unbacked: Vec::new(), stats: st, trace, unknown: Vec::new() };
             while !stp.load(Ordering::SeqCst) {
                 // A panic inside the protocol crate on a malformed message ends that connection,
                 // not the server.
@@ -153,7 +154,7 @@ pub fn serve(manager: &GpuManager, socket: &Path, ty: &str, once: bool) -> Resul
                     break;
                 }
             }
-            backend.dev.vgpu().unknown_registers()
+            backend.unknown
         })
         .map_err(|e| VfioUserError::Socket { path: socket.to_path_buf(), why: e.to_string() })?;
     Ok(Served { path: socket.to_path_buf(), stop, thread: Some(thread), stats })
@@ -168,6 +169,35 @@ struct Backend {
     mem: ServedMemory,
     unbacked: Vec<(u64, u64)>,
     stats: Arc<ServedStats>,
+    /// Log every region access (see [`TRACE_ENV`]).
+    trace: bool,
+    /// Untracked registers touched by every client so far, with the values they left (collected
+    /// before each device reset, which clears the values).
+    unknown: Vec<UnknownReg>,
+}
+
+/// Adds `new` to `into` (sorted by offset): access flags accumulate, the newer value wins.
+fn merge_unknown(into: &mut Vec<UnknownReg>, new: Vec<UnknownReg>) {
+    for u in new {
+        match into.binary_search_by_key(&u.offset, |x| x.offset) {
+            Ok(i) => {
+                if let Some(x) = into.get_mut(i) {
+                    x.read |= u.read;
+                    x.written |= u.written;
+                    x.value = u.value;
+                }
+            }
+            Err(i) => into.insert(i, u),
+        }
+    }
+}
+
+/// Set this environment variable (to anything but `0`) to log every region access of every client
+/// to standard error as `vGPU N: R|W region offset value` (slow; for bringing up a guest driver).
+pub const TRACE_ENV: &str = "SHADOWGPU_TRACE_ACCESSES";
+
+fn trace_value(data: &[u8]) -> u64 {
+    data.iter().rev().fold(0u64, |v, b| v << 8 | u64::from(*b))
 }
 
 fn io_err(msg: String) -> std::io::Error {
@@ -198,9 +228,30 @@ impl Backend {
         Ok(())
     }
 
+    /// Records the untracked registers touched so far, before a reset clears their values.
+    fn collect_unknown(&mut self) {
+        merge_unknown(&mut self.unknown, self.dev.vgpu().unknown_registers());
+    }
+
     /// The client went away: drop its work, memory and eventfds; reset the device for the next.
     fn disconnected(&mut self) {
         self.stats.clients.fetch_add(1, Ordering::Relaxed);
+        self.collect_unknown();
+        if let Some(s) = self.dev.vgpu().engines().stats() {
+            let rejected: u64 = s.rejections.values().sum();
+            log(&format!(
+                "vGPU {}: client left: {} workloads completed, {} failed, {} cancelled, {} refused ({:?}), \
+                 {:.1} ms engine time, {} KiB scanned",
+                self.id(),
+                s.completed,
+                s.failed,
+                s.cancelled,
+                rejected,
+                s.rejections,
+                s.total_engine_ns() as f64 / 1e6,
+                s.scanned_bytes / 1024
+            ));
+        }
         let _ = self.dev.set_irq(IRQ_MSI, None);
         let _ = self.dev.set_irq(IRQ_INTX, None);
         if let Err(e) = self.dev.reset() {
@@ -224,10 +275,16 @@ impl ServerBackend for Backend {
             }
             self.refused("read", &e);
         }
+        if self.trace {
+            log(&format!("vGPU {}: R {region} {offset:#08x} {:#x}/{}", self.id(), trace_value(data), data.len()));
+        }
         Ok(())
     }
 
     fn region_write(&mut self, region: u32, offset: u64, data: &[u8]) -> Result<(), std::io::Error> {
+        if self.trace {
+            log(&format!("vGPU {}: W {region} {offset:#08x} {:#x}/{}", self.id(), trace_value(data), data.len()));
+        }
         if let Err(e) = self.dev.write(region, offset, data) {
             if matches!(e, super::MdevError::NoRegion(_) | super::MdevError::OutOfRange { .. }) {
                 return Err(io_err(e.to_string()));
@@ -281,6 +338,7 @@ impl ServerBackend for Backend {
     }
 
     fn reset(&mut self) -> Result<(), std::io::Error> {
+        self.collect_unknown();
         self.dev.reset().map_err(|e| io_err(e.to_string()))
     }
 
@@ -320,5 +378,22 @@ impl ServerBackend for Backend {
             }
             _ => Err(io_err(format!("interrupt {index}: unsupported SET_IRQS flags {flags:#x}"))),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reg(offset: u32, read: bool, written: bool, value: u32) -> UnknownReg {
+        UnknownReg { offset, read, written, value }
+    }
+
+    #[test]
+    fn untracked_registers_accumulate_across_resets() {
+        let mut seen = Vec::new();
+        merge_unknown(&mut seen, vec![reg(0x64838, true, true, 0xffff_ffff), reg(0xfdc, true, false, 0)]);
+        merge_unknown(&mut seen, vec![reg(0x64838, true, false, 0), reg(0x4dd4, false, true, 7)]);
+        assert_eq!(seen, vec![reg(0xfdc, true, false, 0), reg(0x4dd4, false, true, 7), reg(0x64838, true, true, 0)]);
     }
 }

@@ -212,8 +212,14 @@ where
             Err(why) => return Err(VgpuError::Execlist { engine, why }),
         };
         if es.hung {
+            // A hung engine still latches submissions as the hardware does: the hung element never
+            // completes, so nothing new runs, but a lite restore of the hung context is acknowledged
+            // (i915 waits for that acknowledgement before it considers the submission in flight).
+            // Everything is dropped when the guest resets the engine.
             s.sched.record_rejection(s.cfg.id, "engine hung: submission before reset");
-            return Err(VgpuError::Sched(SchedError::QueueHung { vgpu: s.cfg.id, engine }));
+            let switch = es.execlist.schedule_in(&sub).map_err(|why| VgpuError::Execlist { engine, why })?;
+            self.shared.publish(&mut es, engine, switch.interrupt, Events::empty());
+            return Ok(());
         }
         // Workloads for both elements first: a rejected element runs nothing of the submission.
         let mut works = Vec::with_capacity(2);

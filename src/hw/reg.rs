@@ -76,6 +76,8 @@ pub const GT_CORE_STATUS: u32 = 0x13_8060;
 
 /// GEN6_PCODE_MAILBOX.
 pub const PCODE_MAILBOX: u32 = 0x13_8124;
+/// GEN9_PCODE_SAGV_CONTROL: data bit 0 in the reply reads "SAGV is disabled".
+pub const PCODE_SAGV_CONTROL: u32 = 0x21;
 /// GEN6_PCODE_DATA.
 pub const PCODE_DATA: u32 = 0x13_8128;
 /// GEN6_PCODE_DATA1.
@@ -125,6 +127,20 @@ pub const GFX_FLSH_CNTL: u32 = 0x10_1008;
 /// GEN8_RTCR, the render engine's TLB invalidation; VCS, VCS2, BCS, VECS follow at +4 each.
 pub const TLB_INVALIDATE_RCS: u32 = 0x4260;
 
+/// DP_AUX_CH_CTL of DDI A; B, C and D follow every 0x100.
+pub const DP_AUX_CH_CTL_A: u32 = 0x6_4010;
+/// DP_AUX_CH_CTL: a transaction is in flight (the driver sets it to start one).
+pub const AUX_SEND_BUSY: u32 = 1 << 31;
+/// DP_AUX_CH_CTL: the transaction finished (write one to clear).
+pub const AUX_DONE: u32 = 1 << 30;
+/// DP_AUX_CH_CTL: no reply in time (write one to clear).
+pub const AUX_TIME_OUT_ERROR: u32 = 1 << 28;
+/// DP_AUX_CH_CTL: a reply was malformed (write one to clear).
+pub const AUX_RECEIVE_ERROR: u32 = 1 << 25;
+/// EDP_PSR_IMR (Gen8/Gen9 panel self refresh interrupts); EDP_PSR_IIR follows at +4.
+pub const EDP_PSR_IMR: u32 = 0x6_4834;
+/// EDP_PSR_IIR.
+pub const EDP_PSR_IIR: u32 = 0x6_4838;
 /// HSW_PWR_WELL_CTL1 (BIOS); CTL2 (driver) at +4, CTL3, CTL4 after.
 pub const PWR_WELL_CTL1: u32 = 0x4_5400;
 /// SKL_FUSE_STATUS: power-gate fuse distribution.

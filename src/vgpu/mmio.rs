@@ -213,6 +213,8 @@ where
                         reg::PCODE_READ_MEM_LATENCY => Some(MEM_LATENCY.get(data as usize & 1).copied().unwrap_or(0)),
                         reg::PCODE_CDCLK_CONTROL => Some(1), // ready for change
                         reg::PCODE_READ_RC6VIDS => Some(data | 1),
+                        // SAGV requests: reported done (disabled); there is no SAGV to switch.
+                        reg::PCODE_SAGV_CONTROL => Some(1),
                         _ => None,
                     };
                     if let Some(r) = reply {
@@ -226,8 +228,29 @@ where
                 let requests = new & 0xaaaa_aaaa;
                 b.regs.set(off, requests | requests >> 1);
             }
+            Kind::AuxChannel => {
+                let status = reg::AUX_DONE | reg::AUX_TIME_OUT_ERROR | reg::AUX_RECEIVE_ERROR;
+                let old = b.regs.get(off);
+                let kept = old & status & !value;
+                let v = if value & reg::AUX_SEND_BUSY != 0 {
+                    (value & !(reg::AUX_SEND_BUSY | status)) | reg::AUX_DONE | reg::AUX_TIME_OUT_ERROR
+                } else {
+                    (value & !status) | kept
+                };
+                b.regs.set(off, v);
+            }
+            Kind::WriteOneToClear => {
+                let old = b.regs.get(off);
+                b.regs.set(off, old & !value);
+            }
             Kind::RequestAck { request, ack } => {
-                let state = if request != 0 && new & request != 0 { ack } else { new & ack & !request };
+                // The state follows the request (a PLL locks when enabled and unlocks when
+                // disabled); without a request bit it keeps its value.
+                let state = match request {
+                    0 => new & ack,
+                    r if new & r != 0 => ack,
+                    _ => 0,
+                };
                 b.regs.set(off, (new & !ack) | state);
             }
         }

@@ -69,6 +69,10 @@ pub enum Kind {
     },
     /// Writes have no effect (flush triggers).
     Discard,
+    /// A DP AUX channel with nothing attached: a transaction completes at once with a timeout.
+    AuxChannel,
+    /// An interrupt identity register outside the interrupt tree: write one to clear.
+    WriteOneToClear,
 }
 
 /// One tracked register.
@@ -206,6 +210,12 @@ impl RegTable {
         for i in 0..4 {
             t.add(reg::PWR_WELL_CTL1 + 4 * i, info(Kind::PowerWell));
         }
+        // No display is attached: AUX transactions time out at once, PSR interrupts clear.
+        for port in 0..4 {
+            t.add(reg::DP_AUX_CH_CTL_A + 0x100 * port, info(Kind::AuxChannel));
+        }
+        t.add(reg::EDP_PSR_IMR, RegInfo { default: u32::MAX, ..info(Kind::Plain) });
+        t.add(reg::EDP_PSR_IIR, info(Kind::WriteOneToClear));
         match gen {
             Gen::Gen9 => {
                 let st = (1 << 31) | (1 << 27) | (1 << 26) | (1 << 25);

@@ -95,6 +95,41 @@ fn pcode_mailbox_answers() {
     }
     w32(&d, reg::PCODE_MAILBOX, reg::PCODE_READY | reg::PCODE_CDCLK_CONTROL).unwrap();
     assert_eq!(r32(&d, reg::PCODE_DATA), 1);
+    // i915 disables SAGV and waits for the "disabled" reply bit.
+    w32(&d, reg::PCODE_DATA, 0).unwrap();
+    w32(&d, reg::PCODE_MAILBOX, reg::PCODE_READY | reg::PCODE_SAGV_CONTROL).unwrap();
+    assert_eq!(r32(&d, reg::PCODE_DATA) & 1, 1);
+}
+
+/// What a real i915 found on its first boot (issue 7's untracked-register list): AUX channels
+/// that never finish and a PSR interrupt register that does not clear.
+#[test]
+fn empty_display_answers_at_once() {
+    let (_m, d, _) = setup(Platform::CoffeeLake);
+    for port in 0..4 {
+        let ctl = reg::DP_AUX_CH_CTL_A + 0x100 * port;
+        // i915 starts a transaction, clearing stale status with the same write.
+        let start = reg::AUX_SEND_BUSY | reg::AUX_DONE | reg::AUX_TIME_OUT_ERROR | reg::AUX_RECEIVE_ERROR | 0x3f;
+        w32(&d, ctl, start).unwrap();
+        let v = r32(&d, ctl);
+        assert_eq!(v & reg::AUX_SEND_BUSY, 0, "port {port}: still busy");
+        assert_eq!(v & (reg::AUX_DONE | reg::AUX_TIME_OUT_ERROR), reg::AUX_DONE | reg::AUX_TIME_OUT_ERROR);
+        assert_eq!(v & reg::AUX_RECEIVE_ERROR, 0);
+        assert_eq!(v & 0x3f, 0x3f, "other fields are kept");
+        // Writing the status bits back clears them.
+        w32(&d, ctl, reg::AUX_DONE | reg::AUX_TIME_OUT_ERROR).unwrap();
+        assert_eq!(r32(&d, ctl) & (reg::AUX_DONE | reg::AUX_TIME_OUT_ERROR), 0);
+    }
+    // DPLL0 unlocks when i915 disables it and locks again when enabled.
+    assert_eq!(r32(&d, reg::LCPLL1_CTL), 0xc000_0000);
+    w32(&d, reg::LCPLL1_CTL, 1 << 30).unwrap();
+    assert_eq!(r32(&d, reg::LCPLL1_CTL), 0, "disabled and unlocked");
+    w32(&d, reg::LCPLL1_CTL, 1 << 31).unwrap();
+    assert_eq!(r32(&d, reg::LCPLL1_CTL), 0xc000_0000, "enabled and locked");
+    assert_eq!(r32(&d, reg::EDP_PSR_IMR), u32::MAX, "PSR interrupts masked at reset");
+    w32(&d, reg::EDP_PSR_IIR, u32::MAX).unwrap();
+    assert_eq!(r32(&d, reg::EDP_PSR_IIR), 0, "i915 clears the IIR and checks it reads zero");
+    assert!(d.vgpu().unknown_registers().is_empty());
 }
 
 #[test]

@@ -177,11 +177,15 @@ fn i915_guest_runs_gem_work_on_a_vgpu() {
         "gemtest: nops 1000",
         "gemtest: hang reset after",
         "gemtest: store rcs-after-reset ok",
+        "guest: i915 reset rcs0 through the vGPU",
         "gemtest: PASS",
     ] {
         assert!(has(want), "missing `{want}` in the guest's console ({})", console.display());
     }
     assert!(server_text.contains("untracked registers touched"), "the server did not list untracked registers");
+    // The server saw the endless batch fail on the engine and nothing else.
+    let left = server_text.lines().find(|l| l.contains("client left")).expect("the server's client summary");
+    assert!(left.contains(" 1 failed"), "{left}");
 }
 
 fn read(p: &Path) -> String {

@@ -165,6 +165,7 @@ fn i915_guest_runs_gem_work_on_a_vgpu() {
     assert!(failures.is_empty(), "the guest reported failures: {failures:#?}");
     for want in [
         "guest: gvt-g mode detected",
+        "guest: ggtt ballooned",
         "guest: not wedged",
         "guest: not wedged after gemtest",
         "guest: card0 present",

@@ -1,12 +1,13 @@
 //! A real guest: Debian bookworm's kernel and its unmodified i915 module drive a vGPU that `shadowgpu serve`
-//! serves over vfio-user to QEMU (≥ 10.1, TCG, q35, memfd RAM shared with the server). Inside, the guest
-//! program tests/guest/gemtest.rs stores on every engine, blits, times 1,000 nop batches and hangs an engine
-//! that i915 must reset through the vGPU. tests/guest/assets.sh builds the kernel + initramfs from
+//! serves over vfio-user to QEMU (≥ 10.1, TCG, q35, memfd RAM shared with the server), once on a Coffee
+//! Lake (Gen9) software GPU and once on a Broadwell (Gen8) one. Inside, the guest program
+//! tests/guest/gemtest.rs stores on every engine, blits, times 1,000 nop batches and hangs an engine that
+//! i915 must reset through the vGPU. tests/guest/assets.sh builds the kernel + initramfs from
 //! `apt-get download`.
 //!
 //! QEMU comes from `SHADOWGPU_QEMU` or `qemu-system-x86_64` on PATH; without a QEMU ≥ 10.1 that has
-//! `vfio-user-pci` the test prints one line saying so and passes. The guest program is compiled either way,
-//! so it cannot rot unnoticed.
+//! `vfio-user-pci` each test prints one line saying so and passes. The guest program is compiled either
+//! way, so it cannot rot unnoticed.
 
 #![cfg(feature = "vfio-user")]
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
@@ -14,6 +15,7 @@
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 /// Everything (boot, i915, gemtest, power-off) must be done within this.
@@ -84,29 +86,52 @@ fn wait_for(child: &mut Child, limit: Duration) -> Option<std::process::ExitStat
     None
 }
 
-#[test]
-fn i915_guest_runs_gem_work_on_a_vgpu() {
-    let work = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("real-guest");
-    std::fs::create_dir_all(&work).unwrap();
-    build_gemtest(&work);
+/// The QEMU and the assets directory, or why the guest cannot run (once per test binary: the
+/// guest program is built first either way, so it cannot rot unnoticed).
+fn prepare() -> Result<(PathBuf, PathBuf), String> {
+    static PREPARED: OnceLock<Result<(PathBuf, PathBuf), String>> = OnceLock::new();
+    PREPARED
+        .get_or_init(|| {
+            let work = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("real-guest");
+            std::fs::create_dir_all(&work).unwrap();
+            build_gemtest(&work);
+            let qemu = find_qemu()?;
+            let assets = work.join("assets");
+            let status = Command::new(manifest().join("tests/guest/assets.sh")).arg(&assets).status().unwrap();
+            assert!(status.success(), "tests/guest/assets.sh failed ({status})");
+            Ok((qemu, assets))
+        })
+        .clone()
+}
 
-    let qemu = match find_qemu() {
-        Ok(q) => q,
+#[test]
+fn coffee_lake_i915_runs_gem_work_on_a_vgpu() {
+    run_guest("cfl", "GVTg_V5_8", "0x3e92");
+}
+
+#[test]
+fn broadwell_i915_runs_gem_work_on_a_vgpu() {
+    run_guest("bdw", "GVTg_V4_8", "0x1616");
+}
+
+/// Serves a vGPU of `ty` on a software GPU of `platform` to a QEMU guest and checks everything the
+/// guest and the server report.
+fn run_guest(platform: &str, ty: &str, chipset: &str) {
+    let (qemu, assets) = match prepare() {
+        Ok(p) => p,
         Err(why) => {
             println!("real_guest: skipped (the guest program builds): {why}");
             return;
         }
     };
-
-    let assets = work.join("assets");
-    let status = Command::new(manifest().join("tests/guest/assets.sh")).arg(&assets).status().unwrap();
-    assert!(status.success(), "tests/guest/assets.sh failed ({status})");
+    let work = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("real-guest").join(platform);
+    std::fs::create_dir_all(&work).unwrap();
 
     let socket = work.join("vgpu.sock");
     let _ = std::fs::remove_file(&socket);
     let server_log = work.join("server.log");
     let server = Command::new(env!("CARGO_BIN_EXE_shadowgpu"))
-        .args(["serve", "--once", "--type", "GVTg_V5_8", "--socket"])
+        .args(["serve", "--once", "--platform", platform, "--type", ty, "--socket"])
         .arg(&socket)
         .stdout(File::create(work.join("server.out")).unwrap())
         .stderr(File::create(&server_log).unwrap())
@@ -152,9 +177,9 @@ fn i915_guest_runs_gem_work_on_a_vgpu() {
     let log = read(&console);
     let lines: Vec<&str> = log.lines().filter(|l| l.starts_with("guest:") || l.starts_with("gemtest:")).collect();
     for l in &lines {
-        println!("{l}");
+        println!("{platform}: {l}");
     }
-    println!("real_guest: QEMU ran {guest_secs:.1} s ({})", qemu.display());
+    println!("real_guest: {platform}: QEMU ran {guest_secs:.1} s ({})", qemu.display());
     let server_text = read(&server_log);
     println!("{server_text}");
 
@@ -163,7 +188,9 @@ fn i915_guest_runs_gem_work_on_a_vgpu() {
     let has = |what: &str| lines.iter().any(|l| l.contains(what));
     let failures: Vec<&&str> = lines.iter().filter(|l| l.contains("FAIL")).collect();
     assert!(failures.is_empty(), "the guest reported failures: {failures:#?}");
+    let chipset_line = format!("chipset {chipset}");
     for want in [
+        chipset_line.as_str(),
         "guest: gvt-g mode detected",
         "guest: ggtt ballooned",
         "guest: not wedged",

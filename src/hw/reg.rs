@@ -141,6 +141,13 @@ pub const AUX_RECEIVE_ERROR: u32 = 1 << 25;
 pub const EDP_PSR_IMR: u32 = 0x6_4834;
 /// EDP_PSR_IIR.
 pub const EDP_PSR_IIR: u32 = 0x6_4838;
+/// SBI_CTL_STAT: the LPT PCH sideband interface (Broadwell); the driver writes a command with
+/// SBI_BUSY set and polls for it to clear. SBI_ADDR and SBI_DATA sit 8 and 4 bytes below.
+pub const SBI_CTL_STAT: u32 = 0xc_6008;
+/// SBI_CTL_STAT: a transaction is in flight.
+pub const SBI_BUSY: u32 = 1 << 0;
+/// SBI_CTL_STAT: the transaction failed.
+pub const SBI_RESPONSE_FAIL: u32 = 1 << 1;
 /// HSW_PWR_WELL_CTL1 (BIOS); CTL2 (driver) at +4, CTL3, CTL4 after.
 pub const PWR_WELL_CTL1: u32 = 0x4_5400;
 /// SKL_FUSE_STATUS: power-gate fuse distribution.

@@ -239,6 +239,7 @@ where
                 };
                 b.regs.set(off, v);
             }
+            Kind::CompletesAtOnce { bits } => b.regs.set(off, new & !bits),
             Kind::WriteOneToClear => {
                 let old = b.regs.get(off);
                 b.regs.set(off, old & !value);

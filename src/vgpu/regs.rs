@@ -73,6 +73,12 @@ pub enum Kind {
     AuxChannel,
     /// An interrupt identity register outside the interrupt tree: write one to clear.
     WriteOneToClear,
+    /// A command register whose `bits` (busy, error) read clear as soon as it is written: the
+    /// command completed successfully at once.
+    CompletesAtOnce {
+        /// Bits cleared after every write.
+        bits: u32,
+    },
 }
 
 /// One tracked register.
@@ -216,6 +222,10 @@ impl RegTable {
         }
         t.add(reg::EDP_PSR_IMR, RegInfo { default: u32::MAX, ..info(Kind::Plain) });
         t.add(reg::EDP_PSR_IIR, info(Kind::WriteOneToClear));
+        // The PCH sideband (Broadwell's clock set-up): SBI_ADDR and SBI_DATA are storage.
+        t.add(reg::SBI_CTL_STAT - 8, info(Kind::Plain));
+        t.add(reg::SBI_CTL_STAT - 4, info(Kind::Plain));
+        t.add(reg::SBI_CTL_STAT, info(Kind::CompletesAtOnce { bits: reg::SBI_BUSY | reg::SBI_RESPONSE_FAIL }));
         match gen {
             Gen::Gen9 => {
                 let st = (1 << 31) | (1 << 27) | (1 << 26) | (1 << 25);

@@ -126,6 +126,11 @@ fn empty_display_answers_at_once() {
     assert_eq!(r32(&d, reg::LCPLL1_CTL), 0, "disabled and unlocked");
     w32(&d, reg::LCPLL1_CTL, 1 << 31).unwrap();
     assert_eq!(r32(&d, reg::LCPLL1_CTL), 0xc000_0000, "enabled and locked");
+    // Broadwell's sideband: a command completes at once, successfully.
+    w32(&d, reg::SBI_CTL_STAT - 8, 0x0208_0000).unwrap();
+    w32(&d, reg::SBI_CTL_STAT, 0x0600 | reg::SBI_BUSY).unwrap();
+    assert_eq!(r32(&d, reg::SBI_CTL_STAT) & (reg::SBI_BUSY | reg::SBI_RESPONSE_FAIL), 0);
+    assert_eq!(r32(&d, reg::SBI_CTL_STAT - 8), 0x0208_0000);
     assert_eq!(r32(&d, reg::EDP_PSR_IMR), u32::MAX, "PSR interrupts masked at reset");
     w32(&d, reg::EDP_PSR_IIR, u32::MAX).unwrap();
     assert_eq!(r32(&d, reg::EDP_PSR_IIR), 0, "i915 clears the IIR and checks it reads zero");

@@ -4,22 +4,33 @@
 # tests/guest/init. Everything comes from `apt-get download` and this checkout; nothing else is downloaded.
 #
 #   tests/guest/assets.sh OUT_DIR
+#   tests/guest/assets.sh --gemtest-only OUT_DIR    (only the guest program, OUT_DIR/gemtest)
 #
 # Leaves OUT_DIR/vmlinuz and OUT_DIR/initramfs.cpio.gz. The .deb files are cached in OUT_DIR/debs; the
-# initramfs is rebuilt when the init script or the guest program changed.
+# guest program and the initramfs are rebuilt on every run.
 set -euo pipefail
 
-out=${1:?usage: assets.sh OUT_DIR}
+gemtest_only=
+if [ "${1:-}" = --gemtest-only ]; then
+    gemtest_only=1
+    shift
+fi
+out=${1:?usage: assets.sh [--gemtest-only] OUT_DIR}
 here=$(cd "$(dirname "$0")" && pwd)
 mkdir -p "$out/debs"
 out=$(cd "$out" && pwd)
 
 need() { command -v "$1" >/dev/null 2>&1 || { echo "assets.sh: '$1' is missing ($2)" >&2; exit 3; }; }
+need rustc "the Rust toolchain"
+
+# The guest program, static (glibc's libc.a through rustc's crt-static).
+rustc --edition 2021 -O -C strip=symbols -C target-feature=+crt-static -o "$out/gemtest" "$here/gemtest.rs"
+[ -n "$gemtest_only" ] && exit 0
+
 need apt-get "Debian's apt"
 need dpkg-deb "Debian's dpkg"
 need cpio "apt-get install cpio"
 need objcopy "apt-get install binutils"
-need rustc "the Rust toolchain"
 
 # 1. Packages: the kernel the bookworm meta package points at, and busybox-static.
 cd "$out/debs"
@@ -44,10 +55,7 @@ kver=$(ls "$out/kernel/lib/modules" | head -1)
 moddir="$out/kernel/lib/modules/$kver"
 cp "$out/kernel/boot/vmlinuz-$kver" "$out/vmlinuz"
 
-# 3. The guest program, static (glibc's libc.a through rustc's crt-static).
-rustc --edition 2021 -O -C strip=symbols -C target-feature=+crt-static -o "$out/gemtest" "$here/gemtest.rs"
-
-# 4. i915 and the modules it depends on, in load order, from each module's .modinfo "depends=".
+# 3. i915 and the modules it depends on, in load order, from each module's .modinfo "depends=".
 declare -A path_of=()
 while IFS= read -r ko; do
     name=$(basename "$ko" .ko)
@@ -69,7 +77,7 @@ visit() {
 }
 visit i915
 
-# 5. The initramfs: busybox, the modules in order, init, gemtest.
+# 4. The initramfs: busybox, the modules in order, init, gemtest.
 root="$out/root"
 rm -rf "$root" "$out/busybox"
 mkdir -p "$root"/{bin,sbin,dev,proc,sys,tmp,lib/modules}

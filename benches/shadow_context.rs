@@ -82,7 +82,7 @@ fn bench_engine(c: &mut Criterion, name: &str, engine: Engine) {
         hwsp: Some(LRCA),
         limits: ScanLimits::default(),
     };
-    let mut s = ShadowContext::new(Gen::Gen9, engine);
+    let mut s = ShadowContext::with_blank_clean(Gen::Gen9, engine);
     let first = s.populate(&mem, &t, &guest, &plan, &scan).unwrap();
     assert!(first.scan.is_some());
     // The bytes that move each way: the register-state page after the ring context and pages 2..N-1.

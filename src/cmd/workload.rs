@@ -95,6 +95,19 @@ pub struct ScannedWorkload {
 }
 
 impl ScannedWorkload {
+    /// A workload of commands the host wrote itself: a ring and nothing else (no batches, no
+    /// interrupts to raise).
+    pub fn host_ring(dwords: Vec<u32>) -> Self {
+        ScannedWorkload {
+            ring: ShadowBuffer { kind: BufferKind::Ring, dwords },
+            batches: Vec::new(),
+            relocs: Vec::new(),
+            root_loads: Vec::new(),
+            events: Events::empty(),
+            stats: ScanStats::default(),
+        }
+    }
+
     /// The buffer with this id.
     pub fn buffer(&self, id: BufferId) -> Option<&ShadowBuffer> {
         match id.checked_sub(1) {

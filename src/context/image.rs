@@ -9,45 +9,8 @@ use vm_memory::{Bytes, GuestMemory};
 use crate::cmd::{AddrSpace, GmTranslate, GmWindows, RingSpec, PAGE_SIZE};
 use crate::hw::{Engine, Gen};
 
-/// Value-dword indices in the register-state page (page 1).
-pub mod idx {
-    /// CONTEXT_CONTROL.
-    pub const CONTEXT_CONTROL: usize = 0x03;
-    /// RING_HEAD (offset bits 20:2, wrap count 31:21).
-    pub const RING_HEAD: usize = 0x05;
-    /// RING_TAIL.
-    pub const RING_TAIL: usize = 0x07;
-    /// RING_START.
-    pub const RING_START: usize = 0x09;
-    /// RING_CTL.
-    pub const RING_CTL: usize = 0x0b;
-    /// BB_PER_CTX_PTR (RCS; Gen9 all engines).
-    pub const BB_PER_CTX_PTR: usize = 0x19;
-    /// INDIRECT_CTX.
-    pub const INDIRECT_CTX: usize = 0x1b;
-    /// INDIRECT_CTX_OFFSET.
-    pub const INDIRECT_CTX_OFFSET: usize = 0x1d;
-    /// CTX_TIMESTAMP.
-    pub const CTX_TIMESTAMP: usize = 0x23;
-    /// PDP3 upper dword; PDPn upper is at `PDP3_UDW + 4 * (3 - n)`, lower two after.
-    pub const PDP3_UDW: usize = 0x25;
-}
-
-/// Bytes of the context image of `engine` on `gen` (status page included).
-pub fn context_size(gen: Gen, engine: Engine) -> u64 {
-    let pages = match (gen, engine) {
-        (Gen::Gen8, Engine::Rcs) => 20,
-        (Gen::Gen9, Engine::Rcs) => 22,
-        _ => 2,
-    };
-    pages * PAGE_SIZE
-}
-
-/// Whether the ring context of `engine` on `gen` has the workaround-batch fields (indirect
-/// context, per-context batch): render on Gen8, every engine on Gen9.
-pub(crate) const fn has_wa_fields(gen: Gen, engine: Engine) -> bool {
-    matches!(engine, Engine::Rcs) || matches!(gen, Gen::Gen9)
-}
+pub use crate::hw::lrc::{context_size, idx};
+pub(crate) use crate::hw::lrc::has_wa_fields;
 
 /// Errors reading a guest context.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -84,28 +47,26 @@ pub struct RingRegs {
     pub ctl: u32,
 }
 
-/// What a workload needs from the guest's context image.
+/// What a workload needs from the guest's ring context, read once when the context is submitted:
+/// the ring and workaround batches are scanned from these values, and the shadow context takes
+/// them from here, never from a later read. (CONTEXT_CONTROL and the engine context are read when
+/// the engine would load them; see [`ShadowContext::populate`](super::ShadowContext::populate).)
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct GuestContext {
     /// GGTT address of the image.
     pub lrca: u64,
     /// Its ring.
     pub ring: RingRegs,
-    /// CONTEXT_CONTROL (restore inhibit in bit 0).
-    pub context_control: u32,
     /// Page-directory pointers 0..3 (PDP0 holds the PML4 in 4-level mode).
     pub pdps: [u64; 4],
     /// Indirect-context workaround batch: GGTT address and size in bytes (RCS), if any.
     pub indirect_ctx: Option<(u64, u64)>,
+    /// INDIRECT_CTX_OFFSET as the image holds it (where in the restore the indirect context runs).
+    pub indirect_ctx_offset: u32,
     /// Per-context workaround batch GGTT address (RCS), if valid.
     pub bb_per_ctx: Option<u64>,
-}
-
-impl GuestContext {
-    /// Whether the guest asked the hardware not to restore the image (a fresh context).
-    pub fn restore_inhibit(&self) -> bool {
-        self.context_control & 1 != 0
-    }
+    /// The flag bits (11:0) of BB_PER_CTX_PTR (bit 0: valid).
+    pub bb_per_ctx_flags: u32,
 }
 
 /// Reads the register-state page of the context at GGTT `lrca` and validates what a workload
@@ -169,10 +130,11 @@ where
     Ok(GuestContext {
         lrca,
         ring: RingRegs { ring, head_wrap: head_reg >> 21, ctl },
-        context_control: reg(idx::CONTEXT_CONTROL),
         pdps,
         indirect_ctx,
+        indirect_ctx_offset: reg(idx::INDIRECT_CTX_OFFSET),
         bb_per_ctx,
+        bb_per_ctx_flags: per_ctx & 0xfff,
     })
 }
 
@@ -216,7 +178,6 @@ mod tests {
         let c = read_guest_context(&mem, &t, &windows(), Engine::Bcs, Gen::Gen8, LRCA).unwrap();
         assert_eq!(c.ring.ring, RingSpec { start: 0x10_8000, size: 0x4000, head: 0x40, tail: 0x80 });
         assert_eq!(c.ring.head_wrap, 5);
-        assert!(c.restore_inhibit());
         assert_eq!(c.pdps[0], 0x1234_5000);
         assert_eq!(c.indirect_ctx, None);
     }

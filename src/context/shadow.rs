@@ -10,26 +10,32 @@
 //! guest batch. Everything after dword 0x50 (the engine context) is copied from the guest and
 //! scanned as the command stream the engine executes on restore.
 //!
-//! Copies are skipped where they cannot matter: a restore-inhibit context is not restored by the
-//! engine, and a resubmission of the context last run on this engine (same LRCA, same guest pages)
-//! still has its engine state in the shadow, since only the engine writes it.
+//! Every guest value is read once, and that one read decides both what is checked and what the
+//! engine loads. The ring context's values that shaped the ring and workaround-batch scans come
+//! from [`GuestContext`] (read at submission); CONTEXT_CONTROL and the engine context are read
+//! when the engine would load them, here, once. A context with restore inhibit set in that read
+//! gets the host's *clean* engine context (what the engine saved of a context run from reset, see
+//! [`ShadowContext::new`]) with the inhibit bit cleared: the engine then starts from known state
+//! instead of whatever the previous context on the physical engine, maybe another vGPU's, left
+//! behind, and nothing of the guest's engine context is loaded.
+//!
+//! Copies are skipped where they cannot matter: a resubmission of the context last run on this
+//! engine (same LRCA, same guest pages) still has its engine state in the shadow, since only the
+//! engine writes it.
+
+use std::sync::Arc;
 
 use vm_memory::{Bytes, GuestAddress, GuestMemory};
 use zerocopy::IntoBytes;
 
 use super::image::{context_size, has_wa_fields, idx, ContextError, GuestContext};
 use crate::cmd::{scan_context_image, AddrSpace, GmTranslate, ScanError, ScanParams, ScanStats, PAGE_SIZE};
+use crate::hw::lrc::{self, CTX_RESTORE_INHIBIT, PAGE_DWORDS};
 use crate::hw::{Engine, Gen};
 use crate::mm::ShadowRoot;
 
-/// Dwords per page.
-const PAGE_DWORDS: usize = 1024;
-/// First dword of the engine context in the register-state page (end of the ring context).
-pub const ENGINE_CONTEXT_DWORD: usize = 0x50;
-/// MI_LOAD_REGISTER_IMM header for `n` registers (force-posted).
-const fn lri(n: u32) -> u32 {
-    0x1100_0000 | (1 << 12) | (2 * n - 1)
-}
+pub use crate::hw::lrc::ENGINE_CONTEXT_DWORD;
+
 /// Mask half of a masked register: every bit of the low half is written.
 const MASK_ALL: u32 = 0xffff_0000;
 
@@ -73,6 +79,9 @@ pub struct Populated {
     pub pages_copied: u32,
     /// The engine-context copy was skipped (restore inhibit or same context).
     pub skipped: bool,
+    /// The guest's context has restore inhibit set: the host's clean engine context was loaded
+    /// instead of the guest's.
+    pub clean: bool,
     /// The engine context was scanned; its statistics.
     pub scan: Option<ScanStats>,
 }
@@ -99,22 +108,90 @@ pub struct ShadowContext {
     /// The engine context: register-state page from dword 0x50, then pages 2..N-1. Kept apart so
     /// the scanner works on it in place.
     engine_ctx: Vec<u32>,
+    /// The host's clean engine context, loaded for restore-inhibit contexts.
+    clean: Arc<[u32]>,
     last: Option<Last>,
     /// The engine-context part of the register-state page as last scanned or written back.
     scanned_state: Vec<u32>,
     gpas: Vec<u64>,
 }
 
+/// Dwords of the engine context of `engine` on `gen` (from dword 0x50 of the register-state page
+/// to the end of the image): the length of a clean context.
+pub fn engine_context_dwords(gen: Gen, engine: Engine) -> usize {
+    ((context_size(gen, engine) / 4) as usize).saturating_sub(RING_PART)
+}
+
+/// The engine context the layout of [`hw::lrc`](crate::hw::lrc) describes with every register 0:
+/// what an engine saves from a context it ran straight after a reset, when its registers read 0.
+/// Hosts record their own clean context (see `host::record_clean_context`); this is the fallback.
+pub fn blank_engine_context(gen: Gen, engine: Engine) -> Vec<u32> {
+    let mut out = vec![0u32; engine_context_dwords(gen, engine)];
+    let list = lrc::engine_context_list(gen, engine);
+    let base = engine.mmio_base();
+    let at = |i: usize| i.checked_sub(ENGINE_CONTEXT_DWORD);
+    if let Some(h) = at(list.header).and_then(|i| out.get_mut(i)) {
+        *h = lrc::lri_header(list.regs.len());
+    }
+    for (k, r) in list.regs.iter().enumerate() {
+        if let Some(d) = at(list.value_index(k) - 1).and_then(|i| out.get_mut(i)) {
+            *d = base + r;
+        }
+    }
+    out
+}
+
 impl ShadowContext {
-    /// A shadow context for `engine` on `gen`, holding the host's ring-context template.
-    pub fn new(gen: Gen, engine: Engine) -> Self {
-        let dwords = (context_size(gen, engine) / 4) as usize;
+    /// A shadow context for `engine` on `gen`, holding the host's ring-context template. `clean`
+    /// is the host's clean engine context for this engine (dwords from 0x50 of the register-state
+    /// page to the end of the image; see [`blank_engine_context`]), loaded in place of the
+    /// engine context of a guest context that has restore inhibit set.
+    pub fn new(gen: Gen, engine: Engine, clean: Arc<[u32]>) -> Self {
         let mut ring = vec![0u32; RING_PART];
         if let Some(state) = ring.get_mut(PAGE_DWORDS..) {
             write_template(state, gen, engine);
         }
-        let engine_ctx = vec![0u32; dwords.saturating_sub(RING_PART)];
-        ShadowContext { gen, engine, ring, engine_ctx, last: None, scanned_state: Vec::new(), gpas: Vec::new() }
+        let engine_ctx = vec![0u32; engine_context_dwords(gen, engine)];
+        ShadowContext {
+            gen,
+            engine,
+            ring,
+            engine_ctx,
+            clean,
+            last: None,
+            scanned_state: Vec::new(),
+            gpas: Vec::new(),
+        }
+    }
+
+    /// A shadow context whose clean engine context is [`blank_engine_context`].
+    pub fn with_blank_clean(gen: Gen, engine: Engine) -> Self {
+        Self::new(gen, engine, blank_engine_context(gen, engine).into())
+    }
+
+    /// Prepares the image for recording the host's clean engine context: an empty ring at
+    /// `ring_start` (`ring_size` bytes), no page tables, restore inhibit set, engine context
+    /// zero. Running it on an engine fresh from reset leaves in the engine context what the
+    /// engine saved.
+    pub fn prepare_recording(&mut self, ring_start: u64, ring_size: u32) {
+        self.invalidate();
+        self.engine_ctx.fill(0);
+        let pages = (ring_size / PAGE_SIZE as u32).clamp(1, 512);
+        self.set_state(idx::CONTEXT_CONTROL, MASK_ALL | CTX_RESTORE_INHIBIT);
+        self.set_state(idx::RING_HEAD, 0);
+        self.set_state(idx::RING_TAIL, 0);
+        self.set_state(idx::RING_START, ring_start as u32);
+        self.set_state(idx::RING_CTL, ((pages - 1) << 12) | 1);
+        for i in (idx::BATCH_STATE_FIRST..=idx::BATCH_STATE_LAST).step_by(2) {
+            self.set_state(i, 0);
+        }
+        for i in [idx::INDIRECT_CTX, idx::BB_PER_CTX_PTR, idx::INDIRECT_CTX_OFFSET, idx::CTX_TIMESTAMP] {
+            self.set_state(i, 0);
+        }
+        for n in 0..4 {
+            self.set_state(idx::PDP3_UDW + 4 * n, 0);
+            self.set_state(idx::PDP3_UDW + 4 * n + 2, 0);
+        }
     }
 
     /// The image (dwords), as the engine loads it.
@@ -235,46 +312,45 @@ impl ShadowContext {
         }
         self.translate_pages(xlate, guest.lrca)?;
         let same = self.last.as_ref().is_some_and(|l| l.lrca == guest.lrca && l.gpas == self.gpas);
-        let inhibit = guest.restore_inhibit();
 
-        // Register-state page: the engine context from the guest, the ring context from the template.
         let mut out = Populated::default();
         let state_gpa = self.gpas.first().copied().unwrap_or(0);
-        // One read of the guest's ring context (the few values taken from it) and one of the
-        // engine-context part of the page, straight into the shadow.
+        // The one read of the guest's ring context: CONTEXT_CONTROL (which decides whether the
+        // engine context is loaded at all), the timestamp and the blitter's tile register.
         let mut ring_ctx = [0u32; ENGINE_CONTEXT_DWORD];
         mem.read_slice(ring_ctx.as_mut_bytes(), GuestAddress(state_gpa))
             .map_err(|_| ContextError::BadGuestMemory(state_gpa))?;
-        let state = self.engine_ctx.get_mut(..STATE_PART).unwrap_or_default();
-        let at = GuestAddress(state_gpa + 4 * ENGINE_CONTEXT_DWORD as u64);
-        mem.read_slice(state.as_mut_bytes(), at).map_err(|_| ContextError::BadGuestMemory(state_gpa))?;
         out.pages_copied = 1;
-        let engine_ctx = &self.engine_ctx;
-        let guest_state = |i: usize| {
-            let v = match i.checked_sub(ENGINE_CONTEXT_DWORD) {
-                None => ring_ctx.get(i),
-                Some(e) => engine_ctx.get(e),
-            };
-            v.copied().map_or(0, u32::from_le)
-        };
-        let (control, timestamp) = (guest_state(idx::CONTEXT_CONTROL), guest_state(idx::CTX_TIMESTAMP));
-        let (guest_indirect, guest_per_ctx) = (guest_state(idx::INDIRECT_CTX), guest_state(idx::BB_PER_CTX_PTR));
-        let (indirect_offset, tile) = (guest_state(idx::INDIRECT_CTX_OFFSET), guest_state(0x43));
-        self.set_state(idx::CONTEXT_CONTROL, control | MASK_ALL);
+        let guest_state = |i: usize| ring_ctx.get(i).copied().map_or(0, u32::from_le);
+        let control = guest_state(idx::CONTEXT_CONTROL);
+        let inhibit = control & CTX_RESTORE_INHIBIT != 0;
+        let (timestamp, tile) = (guest_state(idx::CTX_TIMESTAMP), guest_state(idx::BCS_SWCTRL));
+
+        // CONTEXT_CONTROL as loaded: a restore-inhibit context restores the host's clean engine
+        // context instead, so the bit is cleared.
+        let loaded_control = if inhibit { control & !CTX_RESTORE_INHIBIT } else { control };
+        self.set_state(idx::CONTEXT_CONTROL, loaded_control | MASK_ALL);
         self.set_state(idx::CTX_TIMESTAMP, timestamp);
         self.set_state(idx::RING_HEAD, plan.head & 0x001f_fffc);
         self.set_state(idx::RING_TAIL, plan.tail & 0x001f_fff8);
         self.set_state(idx::RING_START, plan.ring_start as u32);
         self.set_state(idx::RING_CTL, ((ring_pages - 1) << 12) | 1);
-        for i in (0x0d..=0x17).step_by(2) {
+        for i in (idx::BATCH_STATE_FIRST..=idx::BATCH_STATE_LAST).step_by(2) {
             self.set_state(i, 0); // batch state: never resume a guest batch
         }
         if has_wa_fields(self.gen, self.engine) {
-            let indirect = plan.indirect_ctx.map_or(0, |a| (a as u32 & 0xffff_ffc0) | (guest_indirect & 0x3f));
-            let per_ctx = plan.bb_per_ctx.map_or(0, |a| (a as u32 & 0xffff_f000) | (guest_per_ctx & 0xfff));
+            // Sizes and flags from the read the workaround batches were scanned with.
+            let indirect = match (plan.indirect_ctx, guest.indirect_ctx) {
+                (Some(a), Some((_, size))) => (a as u32 & 0xffff_ffc0) | ((size / 64) as u32 & 0x3f),
+                _ => 0,
+            };
+            let per_ctx = match (plan.bb_per_ctx, guest.bb_per_ctx) {
+                (Some(a), Some(_)) => (a as u32 & 0xffff_f000) | guest.bb_per_ctx_flags,
+                _ => 0,
+            };
             self.set_state(idx::INDIRECT_CTX, indirect);
             self.set_state(idx::BB_PER_CTX_PTR, per_ctx);
-            self.set_state(idx::INDIRECT_CTX_OFFSET, indirect_offset);
+            self.set_state(idx::INDIRECT_CTX_OFFSET, guest.indirect_ctx_offset);
         }
         for (n, pdp) in plan.root.pdps().iter().enumerate() {
             let udw = idx::PDP3_UDW + 4 * (3 - n);
@@ -282,25 +358,39 @@ impl ShadowContext {
             self.set_state(udw + 2, *pdp as u32);
         }
         if self.engine == Engine::Bcs {
-            self.set_state(0x43, tile);
+            self.set_state(idx::BCS_SWCTRL, tile);
         }
 
-        // The rest of the engine context.
-        if inhibit || same {
+        if inhibit {
+            // Nothing of the guest's engine context is read or loaded: the engine restores the
+            // host's clean one. Nothing here counts as this context's checked image until the
+            // engine has saved into it and it was written back.
+            let clean = self.clean.clone();
+            let n = clean.len().min(self.engine_ctx.len());
+            if let (Some(dst), Some(src)) = (self.engine_ctx.get_mut(..n), clean.get(..n)) {
+                dst.copy_from_slice(src);
+            }
+            self.engine_ctx.get_mut(n..).unwrap_or_default().fill(0);
+            self.invalidate();
+            out.skipped = true;
+            out.clean = true;
+            return Ok(out);
+        }
+
+        // The engine context of the register-state page, read once, straight into the shadow.
+        let state = self.engine_ctx.get_mut(..STATE_PART).unwrap_or_default();
+        let at = GuestAddress(state_gpa + 4 * ENGINE_CONTEXT_DWORD as u64);
+        mem.read_slice(state.as_mut_bytes(), at).map_err(|_| ContextError::BadGuestMemory(state_gpa))?;
+        // The rest of the engine context, unless the shadow still holds this context's own save.
+        if same {
             out.skipped = true;
         } else {
             out.pages_copied += self.copy_pages(mem, false)?;
         }
-        // Scan unless the engine will not restore the image, or nothing guest-written changed
-        // since the last scan (same context, state page as scanned or as written back).
+        // Scan unless nothing guest-written changed since the last scan (same context, state page
+        // as scanned or as written back).
         let state_part = self.engine_ctx.get(..STATE_PART).unwrap_or_default();
         let unchanged = same && self.scanned_state == state_part;
-        if inhibit {
-            // Neither copied nor scanned: nothing here may count as this context's checked image
-            // until the engine has saved into it and it was written back.
-            self.invalidate();
-            return Ok(out);
-        }
         if !unchanged {
             let stats = scan_context_image(mem, xlate, scan, &mut self.engine_ctx).map_err(ShadowContextError::Scan)?;
             out.scan = Some(stats);
@@ -359,7 +449,7 @@ impl ShadowContext {
         put(idx::CONTEXT_CONTROL, self.state(idx::CONTEXT_CONTROL))?;
         put(idx::CTX_TIMESTAMP, self.state(idx::CTX_TIMESTAMP))?;
         if self.engine == Engine::Bcs {
-            put(0x43, self.state(0x43))?;
+            put(idx::BCS_SWCTRL, self.state(idx::BCS_SWCTRL))?;
         }
         // The guest image now equals the shadow's engine state: a resubmission may skip the copy.
         self.remember_state_part();
@@ -371,42 +461,14 @@ impl ShadowContext {
 /// Writes the ring-context template (headers and register addresses) into a register-state page.
 fn write_template(state: &mut [u32], gen: Gen, engine: Engine) {
     let base = engine.mmio_base();
-    let wa = has_wa_fields(gen, engine);
-    let mut regs: Vec<(usize, u32)> = vec![(0x01, lri(if wa { 14 } else { 11 }))];
-    let ring_regs: [(usize, u32); 11] = [
-        (0x02, 0x244),
-        (0x04, 0x34),
-        (0x06, 0x30),
-        (0x08, 0x38),
-        (0x0a, 0x3c),
-        (0x0c, 0x168),
-        (0x0e, 0x140),
-        (0x10, 0x110),
-        (0x12, 0x11c),
-        (0x14, 0x114),
-        (0x16, 0x118),
-    ];
-    regs.extend(ring_regs.iter().map(|&(i, off)| (i, base + off)));
-    if wa {
-        regs.extend([(0x18, base + 0x1c0), (0x1a, base + 0x1c4), (0x1c, base + 0x1c8)]);
-    }
-    regs.push((0x21, lri(9)));
-    regs.push((0x22, base + 0x3a8));
-    for n in 0..4u32 {
-        // PDP3 UDW first, down to PDP0 LDW.
-        let i = 0x24 + 4 * n as usize;
-        let pdp = 3 - n;
-        regs.push((i, base + 0x274 + 8 * pdp));
-        regs.push((i + 2, base + 0x270 + 8 * pdp));
-    }
-    match (gen, engine) {
-        (_, Engine::Rcs) => regs.extend([(0x41, lri(1)), (0x42, base + 0xc8)]),
-        (Gen::Gen8, _) => regs.extend([(0x41, lri(2)), (0x42, base + 0x200), (0x44, base + 0x28)]),
-        (Gen::Gen9, _) => regs.extend([(0x41, lri(1)), (0x42, base + 0x200)]),
-    }
-    for (i, v) in regs {
-        if let Some(d) = state.get_mut(i) {
-            *d = v;
+    for list in lrc::ring_context_lists(gen, engine) {
+        if let Some(h) = state.get_mut(list.header) {
+            *h = lrc::lri_header(list.regs.len());
+        }
+        for (k, r) in list.regs.iter().enumerate() {
+            if let Some(d) = state.get_mut(list.value_index(k) - 1) {
+                *d = base + r;
+            }
         }
     }
 }

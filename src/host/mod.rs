@@ -67,6 +67,9 @@ pub struct RunReport {
     pub interrupts: u32,
     /// Blits consumed without effect (tiled or legacy layouts the backend does not model).
     pub skipped_blits: u32,
+    /// Register loads a non-privileged batch made to registers it may not write, dropped by the
+    /// engine as the hardware drops them.
+    pub dropped_register_writes: u32,
 }
 
 /// Why the host engine did not complete a workload. The vGPU sees every one as a hang of its
@@ -139,4 +142,18 @@ pub trait HostGpu: Send + Sync + std::fmt::Debug {
     fn read_reg(&self, engine: Engine, reg: u32) -> u32;
     /// Writes an engine register.
     fn write_reg(&self, engine: Engine, reg: u32, value: u32);
+}
+
+/// Records the host's clean engine context of `engine` the way i915 records its default context
+/// state: a context with restore inhibit set and an empty ring runs on the engine, and what the
+/// engine saved into its engine context is the result (dwords from 0x50 of the register-state
+/// page to the end of the image). Shadow contexts load it in place of the engine context of a
+/// guest context that has restore inhibit set. Call it while nothing else runs on the engine.
+pub fn record_clean_context(host: &dyn HostGpu, engine: Engine) -> Result<Vec<u32>, HostError> {
+    let layout = host.layout(engine);
+    let mut context = ShadowContext::with_blank_clean(host.gen(), engine);
+    context.prepare_recording(layout.ring_start, layout.ring_size);
+    let mut ring = ScannedWorkload::host_ring(Vec::new());
+    host.run(engine, HostJob { ring: &mut ring, wa: None, context: &mut context, legacy32: false })?;
+    Ok(context.parts().1.to_vec())
 }

@@ -5,6 +5,7 @@
 //! with them.
 
 mod engine;
+pub mod lrc;
 mod platform;
 pub mod pvinfo;
 pub mod reg;

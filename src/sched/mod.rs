@@ -165,6 +165,8 @@ pub const MAX_TRACE: usize = 1 << 20;
 
 struct EngineSched {
     engine: Engine,
+    /// The engine's clean engine context, recorded at start (see [`Scheduler::clean_context`]).
+    clean: Arc<[u32]>,
     list: Vec<SwitchedReg>,
     state: Mutex<EngineState>,
     cv: Condvar,
@@ -210,10 +212,16 @@ impl Scheduler {
             .into_iter()
             .filter(|&e| host.engines().has(e))
             .map(|engine| {
+                // Recorded before any vGPU exists and before the engine's thread starts. A backend
+                // that cannot run it leaves the blank layout (every listed register loaded with 0).
+                let clean = crate::host::record_clean_context(&*host, engine)
+                    .unwrap_or_else(|_| crate::context::shadow::blank_engine_context(gen, engine))
+                    .into();
                 let list = regs::switched(gen, engine);
                 let host_values = list.iter().map(|r| masked_value(r, host.read_reg(engine, r.reg))).collect();
                 EngineSched {
                     engine,
+                    clean,
                     list,
                     state: Mutex::new(EngineState {
                         queues: HashMap::new(),
@@ -244,6 +252,16 @@ impl Scheduler {
     /// The host GPU.
     pub fn host(&self) -> &Arc<dyn HostGpu> {
         &self.inner.host
+    }
+
+    /// The clean engine context of `engine`, recorded on the host when the scheduler started
+    /// ([`record_clean_context`](crate::host::record_clean_context)): what shadow contexts load
+    /// for guest contexts with restore inhibit set. The blank layout for an engine the GPU lacks.
+    pub fn clean_context(&self, engine: Engine) -> Arc<[u32]> {
+        match self.engine(engine) {
+            Ok(e) => e.clean.clone(),
+            Err(_) => crate::context::shadow::blank_engine_context(self.inner.host.gen(), engine).into(),
+        }
     }
 
     fn engine(&self, engine: Engine) -> Result<&EngineSched, SchedError> {

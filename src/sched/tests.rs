@@ -48,7 +48,7 @@ fn job(
 
 /// Keeps a vGPU's queue saturated: every completion submits the next job until `stop`.
 fn saturate(sched: &Arc<Scheduler>, id: VgpuId, engine: Engine, ring: CmdBuf, depth: usize, stop: &Arc<AtomicBool>) {
-    let ctx = Arc::new(Mutex::new(ShadowContext::new(Gen::Gen9, engine)));
+    let ctx = Arc::new(Mutex::new(ShadowContext::with_blank_clean(Gen::Gen9, engine)));
     fn next(
         s: std::sync::Weak<Scheduler>,
         id: VgpuId,
@@ -142,7 +142,7 @@ fn a_hung_workload_fails_only_its_queue() {
         sched.add_vgpu(id, 4).unwrap();
     }
     let done = Arc::new(AtomicU64::new(0));
-    let ctxs: Vec<_> = (0..4).map(|_| Arc::new(Mutex::new(ShadowContext::new(Gen::Gen9, Engine::Vcs)))).collect();
+    let ctxs: Vec<_> = (0..4).map(|_| Arc::new(Mutex::new(ShadowContext::with_blank_clean(Gen::Gen9, Engine::Vcs)))).collect();
     // vGPU 2: a semaphore nobody signals, then two more jobs.
     let sem = g.context_area(Engine::Vcs) + 0x800;
     let mut hang = CmdBuf::new();
@@ -200,7 +200,7 @@ fn engine_registers_follow_their_owner() {
     assert!(sched.set_engine_reg(2, Engine::Bcs, mocs, 0x22));
     assert!(!sched.set_engine_reg(1, Engine::Bcs, 0x2_2034, 1), "RING_HEAD is not switched");
     let page = g.context_area(Engine::Bcs);
-    let ctx = Arc::new(Mutex::new(ShadowContext::new(Gen::Gen9, Engine::Bcs)));
+    let ctx = Arc::new(Mutex::new(ShadowContext::with_blank_clean(Gen::Gen9, Engine::Bcs)));
     let run = |id: VgpuId, ring: CmdBuf| {
         sched.submit(id, Engine::Bcs, job(&ctx, ring, |r| assert!(r.is_ok(), "{r:?}"))).unwrap();
         sched.wait_idle(id);
@@ -232,7 +232,7 @@ fn completions_in_submission_order_and_refusals() {
     assert_eq!(sched.add_vgpu(8, 0), Err(SchedError::BadWeight(0)));
     assert_eq!(sched.add_vgpu(8, 17), Err(SchedError::BadWeight(17)));
     let order = Arc::new(Mutex::new(Vec::new()));
-    let ctx = Arc::new(Mutex::new(ShadowContext::new(Gen::Gen9, Engine::Rcs)));
+    let ctx = Arc::new(Mutex::new(ShadowContext::with_blank_clean(Gen::Gen9, Engine::Rcs)));
     for i in 0..20 {
         let o = order.clone();
         sched.submit(7, Engine::Rcs, job(&ctx, video_ring(0).noop(2).clone(), move |_| o.lock().push(i))).unwrap();

@@ -160,7 +160,7 @@ where
                 host_gpu.engines().has(e).then(|| {
                     Mutex::new(EngineSide {
                         execlist: VirtualExeclist::new(crate::context::context_size(cfg.gen, e)),
-                        shadow: ShadowContext::new(cfg.gen, e),
+                        shadow: ShadowContext::new(cfg.gen, e, sched.clean_context(e)),
                         hws_pga: None,
                         last: None,
                         hung: false,

@@ -1,4 +1,5 @@
 use super::*;
+use std::sync::Arc;
 use crate::cmd::{GmRange, GmWindows, LinearTranslation, RingSpec, ScanLimits};
 use crate::context::image::RingRegs;
 use vm_memory::GuestMemoryMmap;
@@ -40,7 +41,9 @@ fn params(engine: Engine) -> ScanParams {
     }
 }
 
-fn guest(control: u32) -> GuestContext {
+/// The guest context as read at submission (CONTEXT_CONTROL and the engine context are read from
+/// memory by populate).
+fn guest() -> GuestContext {
     GuestContext {
         lrca: LRCA,
         ring: RingRegs {
@@ -48,10 +51,11 @@ fn guest(control: u32) -> GuestContext {
             head_wrap: 7,
             ctl: 1,
         },
-        context_control: control,
         pdps: [0x1000, 0, 0, 0],
         indirect_ctx: None,
+        indirect_ctx_offset: 0,
         bb_per_ctx: None,
+        bb_per_ctx_flags: 0,
     }
 }
 
@@ -97,8 +101,8 @@ fn hostile_image(mem: &GuestMemoryMmap<()>) {
 fn ring_context_is_the_hosts() {
     let (mem, t) = setup();
     hostile_image(&mem);
-    let mut s = ShadowContext::new(Gen::Gen9, Engine::Rcs);
-    let out = s.populate(&mem, &t, &guest(0x0008_0008), &plan(), &params(Engine::Rcs)).unwrap();
+    let mut s = ShadowContext::with_blank_clean(Gen::Gen9, Engine::Rcs);
+    let out = s.populate(&mem, &t, &guest(), &plan(), &params(Engine::Rcs)).unwrap();
     assert_eq!(out.pages_copied, 21);
     assert!(!out.skipped && out.scan.is_some());
     assert_eq!(s.state(idx::CONTEXT_CONTROL), 0xffff_0008);
@@ -107,9 +111,9 @@ fn ring_context_is_the_hosts() {
     assert_eq!((s.state(idx::RING_HEAD), s.state(idx::RING_TAIL)), (0x100, 0x180));
     assert_eq!((s.state(0x0f), s.state(0x11)), (0, 0), "no guest batch is resumed");
     assert_eq!((s.state(idx::PDP3_UDW + 12), s.state(idx::PDP3_UDW + 14)), (0x10, 0x5000));
-    assert_eq!(s.state(idx::INDIRECT_CTX), 0x8100_0000 | 2);
-    assert_eq!(s.state(idx::BB_PER_CTX_PTR), 0x8200_0000 | 1);
-    assert_eq!(s.state(idx::INDIRECT_CTX_OFFSET), 0x26 << 6);
+    assert_eq!(s.state(idx::INDIRECT_CTX), 0, "no indirect batch was scanned at submission");
+    assert_eq!(s.state(idx::BB_PER_CTX_PTR), 0);
+    assert_eq!(s.state(idx::INDIRECT_CTX_OFFSET), 0);
     assert_eq!(s.state(idx::CTX_TIMESTAMP), 1234);
     // Template: headers and register addresses, not the guest's.
     assert_eq!(s.state(0x01), 0x1100_101b);
@@ -121,23 +125,26 @@ fn ring_context_is_the_hosts() {
     assert_eq!(s.image()[21 * 1024 + 3], 21);
 }
 
+const INHIBIT: u32 = 0x0001_0001;
+
 #[test]
 fn copies_are_skipped_when_they_cannot_matter() {
     let (mem, t) = setup();
     hostile_image(&mem);
-    let mut s = ShadowContext::new(Gen::Gen9, Engine::Rcs);
-    let inhibit = s.populate(&mem, &t, &guest(0x0001_0001), &plan(), &params(Engine::Rcs)).unwrap();
-    assert_eq!((inhibit.pages_copied, inhibit.skipped, inhibit.scan), (1, true, None));
-    s.invalidate();
-    s.populate(&mem, &t, &guest(0), &plan(), &params(Engine::Rcs)).unwrap();
+    let mut s = ShadowContext::with_blank_clean(Gen::Gen9, Engine::Rcs);
+    put_state(&mem, idx::CONTEXT_CONTROL, INHIBIT);
+    let inhibit = s.populate(&mem, &t, &guest(), &plan(), &params(Engine::Rcs)).unwrap();
+    assert_eq!((inhibit.pages_copied, inhibit.skipped, inhibit.clean, inhibit.scan), (1, true, true, None));
+    put_state(&mem, idx::CONTEXT_CONTROL, 0);
+    s.populate(&mem, &t, &guest(), &plan(), &params(Engine::Rcs)).unwrap();
     // The guest scribbles on page 5 of its (running) image: the shadow keeps the engine's state.
     mem.write_obj(0xdead_beefu32, gpa(LRCA + 5 * PAGE_SIZE + 12)).unwrap();
-    let same = s.populate(&mem, &t, &guest(0), &plan(), &params(Engine::Rcs)).unwrap();
+    let same = s.populate(&mem, &t, &guest(), &plan(), &params(Engine::Rcs)).unwrap();
     assert_eq!((same.pages_copied, same.skipped, same.scan), (1, true, None));
     assert_eq!(s.image()[5 * 1024 + 3], 5);
     // A change in the state page is rescanned.
     put_state(&mem, ENGINE_CONTEXT_DWORD + 4, 6);
-    let rescanned = s.populate(&mem, &t, &guest(0), &plan(), &params(Engine::Rcs)).unwrap();
+    let rescanned = s.populate(&mem, &t, &guest(), &plan(), &params(Engine::Rcs)).unwrap();
     assert!(rescanned.skipped && rescanned.scan.is_some());
     assert_eq!(s.state(ENGINE_CONTEXT_DWORD + 4), 6);
 }
@@ -146,16 +153,64 @@ fn copies_are_skipped_when_they_cannot_matter() {
 fn a_restore_inhibit_populate_marks_nothing_as_scanned() {
     let (mem, t) = setup();
     hostile_image(&mem);
-    // A register the allow-list denies, in the state page of a restore-inhibit submission: not
-    // scanned (the engine will not restore it) ...
+    // A register the allow-list denies, in the state page of a restore-inhibit submission: never
+    // loaded (the clean context is) ...
     put_state(&mem, ENGINE_CONTEXT_DWORD + 8, 0x1100_1001);
     put_state(&mem, ENGINE_CONTEXT_DWORD + 9, RCS_BASE + 0x80);
-    let mut s = ShadowContext::new(Gen::Gen9, Engine::Rcs);
-    s.populate(&mem, &t, &guest(0x0001_0001), &plan(), &params(Engine::Rcs)).unwrap();
+    put_state(&mem, idx::CONTEXT_CONTROL, INHIBIT);
+    let mut s = ShadowContext::with_blank_clean(Gen::Gen9, Engine::Rcs);
+    s.populate(&mem, &t, &guest(), &plan(), &params(Engine::Rcs)).unwrap();
     // ... so the same context resubmitted without inhibit, before any write-back, is copied and
     // scanned in full.
-    let r = s.populate(&mem, &t, &guest(0), &plan(), &params(Engine::Rcs));
+    put_state(&mem, idx::CONTEXT_CONTROL, 0);
+    let r = s.populate(&mem, &t, &guest(), &plan(), &params(Engine::Rcs));
     assert!(matches!(r, Err(ShadowContextError::Scan(_))), "{r:?}");
+}
+
+#[test]
+fn a_restore_inhibit_context_loads_the_clean_engine_context() {
+    let (mem, t) = setup();
+    hostile_image(&mem);
+    // The guest's engine context would point the ring somewhere of its choosing.
+    let lri = [0x1100_1005, RCS_BASE + 0x38, 0x10_8000, RCS_BASE + 0x34, 0, RCS_BASE + 0x30, 0x40];
+    for (k, v) in lri.iter().enumerate() {
+        put_state(&mem, ENGINE_CONTEXT_DWORD + 1 + k, *v);
+    }
+    put_state(&mem, idx::CONTEXT_CONTROL, 0x0009_0009); // restore inhibit, synchronous switch inhibit
+    let mut clean = blank_engine_context(Gen::Gen9, Engine::Rcs);
+    clean[2] = 0xc1ea_0000; // a marker in the first value dword
+    let clean: Arc<[u32]> = clean.into();
+    let mut s = ShadowContext::new(Gen::Gen9, Engine::Rcs, clean.clone());
+    let out = s.populate(&mem, &t, &guest(), &plan(), &params(Engine::Rcs)).unwrap();
+    assert!(out.clean && out.scan.is_none());
+    assert_eq!(s.parts().1, &clean[..], "the whole engine context is the host's");
+    assert_eq!(s.state(idx::CONTEXT_CONTROL), 0xffff_0008, "inhibit cleared, the guest's other bits kept");
+    assert_eq!(s.state(idx::RING_START), 0x8000_0000);
+    // The same guest context without inhibit is scanned like any other: its ring-register load
+    // is refused.
+    put_state(&mem, idx::CONTEXT_CONTROL, 0x0008_0008);
+    let r = s.populate(&mem, &t, &guest(), &plan(), &params(Engine::Rcs));
+    assert!(matches!(r, Err(ShadowContextError::Scan(_))), "{r:?}");
+}
+
+#[test]
+fn workaround_fields_come_from_the_read_the_batches_were_scanned_with() {
+    let (mem, t) = setup();
+    hostile_image(&mem);
+    let mut g = guest();
+    g.indirect_ctx = Some((0x10_5000, 128));
+    g.indirect_ctx_offset = 0x26 << 6;
+    g.bb_per_ctx = Some(0x10_6000);
+    g.bb_per_ctx_flags = 1;
+    // The guest changes its image after submission: a bigger indirect batch, other flags.
+    put_state(&mem, idx::INDIRECT_CTX, 0x10_5000 | 0x3f);
+    put_state(&mem, idx::INDIRECT_CTX_OFFSET, 0);
+    put_state(&mem, idx::BB_PER_CTX_PTR, 0x10_6000 | 0xfff);
+    let mut s = ShadowContext::with_blank_clean(Gen::Gen9, Engine::Rcs);
+    s.populate(&mem, &t, &g, &plan(), &params(Engine::Rcs)).unwrap();
+    assert_eq!(s.state(idx::INDIRECT_CTX), 0x8100_0000 | 2);
+    assert_eq!(s.state(idx::INDIRECT_CTX_OFFSET), 0x26 << 6);
+    assert_eq!(s.state(idx::BB_PER_CTX_PTR), 0x8200_0000 | 1);
 }
 
 #[test]
@@ -172,12 +227,12 @@ fn engine_context_is_scanned() {
         for (k, v) in cmds.iter().enumerate() {
             put_state(&mem, ENGINE_CONTEXT_DWORD + 8 + k, *v);
         }
-        let mut s = ShadowContext::new(Gen::Gen9, Engine::Rcs);
-        let r = s.populate(&mem, &t, &guest(0), &plan(), &params(Engine::Rcs));
+        let mut s = ShadowContext::with_blank_clean(Gen::Gen9, Engine::Rcs);
+        let r = s.populate(&mem, &t, &guest(), &plan(), &params(Engine::Rcs));
         assert!(matches!(r, Err(ShadowContextError::Scan(_))), "{what}: {r:?}");
         // A failure forgets the last context: the next populate copies and scans again.
         put_state(&mem, ENGINE_CONTEXT_DWORD + 8, 0);
-        let again = s.populate(&mem, &t, &guest(0), &plan(), &params(Engine::Rcs));
+        let again = s.populate(&mem, &t, &guest(), &plan(), &params(Engine::Rcs));
         assert!(again.is_err() || !again.unwrap().skipped, "{what}");
     }
 }
@@ -187,8 +242,8 @@ fn batch_end_in_the_image_keeps_its_size() {
     let (mem, t) = setup();
     hostile_image(&mem);
     put_state(&mem, ENGINE_CONTEXT_DWORD + 8, 0x0500_0000); // MI_BATCH_BUFFER_END
-    let mut s = ShadowContext::new(Gen::Gen9, Engine::Rcs);
-    s.populate(&mem, &t, &guest(0), &plan(), &params(Engine::Rcs)).unwrap();
+    let mut s = ShadowContext::with_blank_clean(Gen::Gen9, Engine::Rcs);
+    s.populate(&mem, &t, &guest(), &plan(), &params(Engine::Rcs)).unwrap();
     assert_eq!(s.image().len(), 22 * 1024);
     assert_eq!(s.parts().1.len(), 22 * 1024 - 0x450);
     assert_eq!(s.image()[21 * 1024 + 3], 0, "what follows the end is not scanned, so it is not loaded");
@@ -198,8 +253,8 @@ fn batch_end_in_the_image_keeps_its_size() {
 fn write_back_reports_progress_to_the_guest() {
     let (mem, t) = setup();
     hostile_image(&mem);
-    let mut s = ShadowContext::new(Gen::Gen9, Engine::Rcs);
-    let g = guest(0);
+    let mut s = ShadowContext::with_blank_clean(Gen::Gen9, Engine::Rcs);
+    let g = guest();
     s.populate(&mem, &t, &g, &plan(), &params(Engine::Rcs)).unwrap();
     // The engine saves new state.
     *s.image_dword_mut(7 * 1024 + 3).unwrap() = 0xabcd;
@@ -224,12 +279,12 @@ fn write_back_reports_progress_to_the_guest() {
 fn bad_plans_and_images() {
     let (mem, t) = setup();
     hostile_image(&mem);
-    let mut s = ShadowContext::new(Gen::Gen9, Engine::Vcs);
+    let mut s = ShadowContext::with_blank_clean(Gen::Gen9, Engine::Vcs);
     assert_eq!(s.image().len(), 2048);
     let mut p = plan();
     p.ring_start = 0x8000_0800;
-    assert!(matches!(s.populate(&mem, &t, &guest(0), &p, &params(Engine::Vcs)), Err(ShadowContextError::BadPlan(_))));
-    let mut g = guest(0);
+    assert!(matches!(s.populate(&mem, &t, &guest(), &p, &params(Engine::Vcs)), Err(ShadowContextError::BadPlan(_))));
+    let mut g = guest();
     g.lrca = AP.end() - PAGE_SIZE; // page 1 is past the window
     assert_eq!(
         s.populate(&mem, &t, &g, &plan(), &params(Engine::Vcs)),
@@ -240,8 +295,8 @@ fn bad_plans_and_images() {
     for k in 0..8 {
         put_state(&mem, ENGINE_CONTEXT_DWORD + k, 0);
     }
-    let mut b = ShadowContext::new(Gen::Gen8, Engine::Bcs);
-    b.populate(&mem, &t, &guest(0), &plan(), &params(Engine::Bcs)).unwrap();
+    let mut b = ShadowContext::with_blank_clean(Gen::Gen8, Engine::Bcs);
+    b.populate(&mem, &t, &guest(), &plan(), &params(Engine::Bcs)).unwrap();
     assert_eq!(b.state(0x43), 0x55);
     assert_eq!(b.state(0x44), 0x22000 + 0x28, "Gen8 xCS template has RING_EXCC");
     assert_eq!(b.state(idx::INDIRECT_CTX), 0, "Gen8 xCS has no workaround batches");

@@ -2,10 +2,12 @@
 //! and the MI commands it really executes. Blits are in [`super::blit`].
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use super::cost::CostModel;
 use super::memory::{MemFault, MemView, SimMemory};
-use crate::cmd::{AddrSpace, CmdDesc, CommandTable, Decoded, Handler};
+use super::regs::{apply_masked, engine_local, masked, GlobalRegs};
+use crate::cmd::{AddrSpace, CmdDesc, CommandTable, Decoded, Handler, PAGE_SIZE};
 use crate::host::RunReport;
 use crate::hw::{Engine, Gen};
 use crate::mm::ShadowRoot;
@@ -34,6 +36,9 @@ pub mod reg {
     pub const CTX_TIMESTAMP: u32 = 0x3a8;
     /// CS_GPR0 lower dword (16 × 64-bit).
     pub const GPR0: u32 = 0x600;
+    /// RING_FORCE_TO_NONPRIV slot 0 (12 slots): each names a register non-privileged batches may
+    /// access.
+    pub const FORCE_TO_NONPRIV: u32 = 0x4d0;
 }
 
 /// MMIO offsets are 23 bits, dword aligned.
@@ -68,7 +73,10 @@ enum Flow {
 pub(super) struct EngineCore {
     pub engine: Engine,
     pub gen: Gen,
+    /// The engine's own registers (see [`regs`](super::regs)).
     regs: HashMap<u32, u32>,
+    /// The registers every engine shares.
+    global: Arc<GlobalRegs>,
     /// Total engine time since creation (the TIMESTAMP clock).
     pub clock_ns: u64,
     /// MI_MATH's internal registers: SRCA, SRCB, ACCU, ZF, CF.
@@ -76,14 +84,15 @@ pub(super) struct EngineCore {
 }
 
 impl EngineCore {
-    pub fn new(engine: Engine, gen: Gen) -> Self {
-        EngineCore { engine, gen, regs: HashMap::new(), clock_ns: 0, alu: [0; 5] }
+    pub fn new(engine: Engine, gen: Gen, global: Arc<GlobalRegs>) -> Self {
+        EngineCore { engine, gen, regs: HashMap::new(), global, clock_ns: 0, alu: [0; 5] }
     }
 
-    /// Power-on state: every register 0.
+    /// Power-on state: every register of the engine 0, and no reset pending.
     pub fn reset(&mut self) {
         self.regs.clear();
         self.alu = [0; 5];
+        self.global.take_reset(self.engine);
     }
 
     fn base(&self) -> u32 {
@@ -102,11 +111,36 @@ impl EngineCore {
             let t = self.ticks(self.clock_ns);
             return if off == reg::TIMESTAMP { t as u32 } else { (t >> 32) as u32 };
         }
-        self.regs.get(&r).copied().unwrap_or(0)
+        if engine_local(self.engine, r) {
+            self.regs.get(&r).copied().unwrap_or(0)
+        } else {
+            self.global.read(r)
+        }
     }
 
+    /// A write from the host (MMIO, the register switch).
     pub fn write(&mut self, r: u32, v: u32) {
-        self.regs.insert(r & REG_MASK, v);
+        let r = r & REG_MASK;
+        if !engine_local(self.engine, r) {
+            return self.global.write(r, v);
+        }
+        let v = if masked(self.engine, r) { apply_masked(self.regs.get(&r).copied().unwrap_or(0), v) } else { v };
+        self.regs.insert(r, v);
+    }
+
+    /// A write from the engine's own command stream (a register load, a context restore).
+    fn stream_write(&mut self, r: u32, v: u32) {
+        let r = r & REG_MASK;
+        if engine_local(self.engine, r) {
+            self.write(r, v);
+        } else {
+            self.global.stream_write(self.engine, r, v);
+        }
+    }
+
+    /// Whether a command stream reset this engine through GDRST (clears the flag).
+    fn reset_requested(&self) -> bool {
+        self.global.take_reset(self.engine)
     }
 
     fn rel(&self, off: u32) -> u32 {
@@ -123,6 +157,30 @@ impl EngineCore {
         self.write(r, v as u32);
         self.write(r + 4, (v >> 32) as u32);
     }
+
+    /// The page-table root the PDP registers name.
+    pub fn root(&self, legacy32: bool) -> ShadowRoot {
+        let pdp = |n: u32| {
+            let r = self.base() + reg::PDP0_LDW + 8 * n;
+            u64::from(self.read(r)) | u64::from(self.read(r + 4)) << 32
+        };
+        if legacy32 {
+            ShadowRoot::L3([pdp(0), pdp(1), pdp(2), pdp(3)])
+        } else {
+            ShadowRoot::L4(pdp(0))
+        }
+    }
+}
+
+/// Whether a non-privileged batch may write register `r`: the CS general-purpose registers and
+/// the registers the engine's FORCE_TO_NONPRIV slots name. Any other register load from such a
+/// batch is dropped by the hardware.
+fn nonpriv_writable(core: &EngineCore, r: u32) -> bool {
+    let base = core.base();
+    if (base + reg::GPR0..base + reg::GPR0 + 0x80).contains(&r) {
+        return true;
+    }
+    (0..12u32).any(|slot| core.read(base + reg::FORCE_TO_NONPRIV + 4 * slot) & 0x03ff_fffc == r)
 }
 
 /// Where the streamer fetches the next command.
@@ -138,7 +196,14 @@ pub(super) struct Exec<'a> {
     pub core: &'a mut EngineCore,
     pub cost: &'a CostModel,
     table: &'static CommandTable,
+    /// The page-table root the engine walks: read from the PDP registers whenever a context
+    /// restore or a command loads them.
     pub ppgtt: Option<ShadowRoot>,
+    /// The context uses a legacy 3-level PPGTT (four PDPs) instead of a PML4.
+    pub legacy32: bool,
+    /// The buffer executing is privileged: the ring and GGTT batches started from privileged
+    /// buffers. A PPGTT batch is not, and nothing it starts is.
+    privileged: bool,
     /// GGTT address of the running context's per-process status page.
     pub pphwsp: u64,
     pub ns: u64,
@@ -163,7 +228,20 @@ fn space_of(ggtt: bool) -> AddrSpace {
 impl<'a> Exec<'a> {
     pub fn new(mem: &'a SimMemory, core: &'a mut EngineCore, cost: &'a CostModel) -> Self {
         let table = CommandTable::for_gen(core.gen);
-        Exec { mem, core, cost, table, ppgtt: None, pphwsp: 0, ns: 0, report: RunReport::default(), at: 0, buf: vec![] }
+        Exec {
+            mem,
+            core,
+            cost,
+            table,
+            ppgtt: None,
+            legacy32: false,
+            privileged: true,
+            pphwsp: 0,
+            ns: 0,
+            report: RunReport::default(),
+            at: 0,
+            buf: vec![],
+        }
     }
 
     /// Charges engine time; past the timeout the workload is hung.
@@ -224,14 +302,30 @@ impl<'a> Exec<'a> {
         Ok(len as u64)
     }
 
-    /// Runs the ring from `head` to `tail` (byte offsets); returns the final head.
-    pub fn run_ring(&mut self, start: u64, size: u64, head: u64, tail: u64) -> Result<u64, Stop> {
-        let mut off = head % size.max(1);
-        while off != tail {
+    /// Runs the ring the ring registers describe, from RING_HEAD to RING_TAIL. The registers are
+    /// read before every command, as the command streamer's fetch does: a command that loads
+    /// RING_HEAD, RING_TAIL, RING_START or RING_CTL moves the fetch.
+    pub fn run_ring(&mut self) -> Result<(), Stop> {
+        let base = self.core.base();
+        loop {
+            let start = u64::from(self.core.read(base + reg::RING_START) & !0xfff);
+            let ctl = self.core.read(base + reg::RING_CTL);
+            if ctl & 1 == 0 {
+                return Err(Stop::Fault("the context's ring is not enabled".into()));
+            }
+            let size = (u64::from(ctl >> 12 & 0x1ff) + 1) * PAGE_SIZE;
+            let head_reg = self.core.read(base + reg::RING_HEAD);
+            let off = u64::from(head_reg & 0x1f_fffc) % size;
+            let tail = u64::from(self.core.read(base + reg::RING_TAIL) & 0x1f_fff8) % size;
+            if off == tail {
+                return Ok(());
+            }
             self.at = start + off;
+            self.privileged = true;
             let mut view = self.mem.view(self.ppgtt);
             let step = self.fetch(&view, Cursor::Ring { start, size, off }).and_then(|len| {
-                off = (off + 4 * len) % size;
+                let next = (off + 4 * len) % size;
+                self.core.write(base + reg::RING_HEAD, (head_reg & !0x1f_fffc) | next as u32);
                 self.execute(&mut view)
             });
             self.mem.finish(view);
@@ -241,7 +335,6 @@ impl<'a> Exec<'a> {
                 Flow::Start { addr, space, second } => self.run_batches(addr, space, second)?,
             }
         }
-        Ok(off)
     }
 
     /// Engine clock ticks of this run so far.
@@ -271,15 +364,17 @@ impl<'a> Exec<'a> {
         Ok(())
     }
 
-    /// Runs a batch started from a ring (first level) until it returns.
+    /// Runs a batch started from a privileged buffer (the ring, the indirect context) until it
+    /// returns. Each batch is privileged if it was started in the GGTT from a privileged buffer.
     pub fn run_batches(&mut self, addr: u64, space: AddrSpace, _second: bool) -> Result<(), Stop> {
-        // [unused, level 1, level 2] fetch positions.
-        let mut ptr = [(space, 0u64); 3];
-        ptr[1] = (space, addr);
+        // [unused, level 1, level 2] fetch positions and privilege.
+        let mut ptr = [(space, 0u64, false); 3];
+        ptr[1] = (space, addr, space == AddrSpace::Ggtt);
         let mut level = 1usize;
         loop {
-            let Some(&(sp, at)) = ptr.get(level) else { return Err(Stop::Fault("batch level".into())) };
+            let Some(&(sp, at, privileged)) = ptr.get(level) else { return Err(Stop::Fault("batch level".into())) };
             self.at = at;
+            self.privileged = privileged;
             let mut view = self.mem.view(self.ppgtt);
             let step = self.fetch(&view, Cursor::Linear { space: sp, addr: at }).and_then(|len| {
                 if let Some(p) = ptr.get_mut(level) {
@@ -293,19 +388,21 @@ impl<'a> Exec<'a> {
                 Flow::End if level == 2 => level = 1,
                 Flow::End => return Ok(()),
                 Flow::Start { addr, space, second } => {
+                    let privileged = self.privileged && space == AddrSpace::Ggtt;
                     level = if second { 2 } else { 1 };
                     if let Some(p) = ptr.get_mut(level) {
-                        *p = (space, addr);
+                        *p = (space, addr, privileged);
                     }
                 }
             }
         }
     }
 
-    /// Runs a context image's engine part (a list of register loads, ended by
-    /// MI_BATCH_BUFFER_END or its end) and records where each loaded value sits, for the save.
-    pub fn restore(&mut self, image: &[u32], first: usize, slots: &mut Vec<(usize, u32)>) -> Result<(), Stop> {
+    /// Executes a context image's register-load lists from dword `first` (the context restore),
+    /// until MI_BATCH_BUFFER_END or the end of `image`. Loads take effect as they execute.
+    pub fn restore(&mut self, image: &[u32], first: usize) -> Result<(), Stop> {
         let mut i = first;
+        self.privileged = true;
         while let Some(&dw0) = image.get(i) {
             if dw0 == 0 {
                 i += 1;
@@ -318,8 +415,7 @@ impl<'a> Exec<'a> {
                     let mut j = i + 1;
                     while j + 1 < i + len {
                         if let (Some(&r), Some(&v)) = (image.get(j), image.get(j + 1)) {
-                            self.core.write(r, v);
-                            slots.push((j + 1, r & REG_MASK));
+                            self.load_reg(r, v);
                         }
                         j += 2;
                     }
@@ -337,6 +433,23 @@ impl<'a> Exec<'a> {
         Ok(())
     }
 
+    /// A register load by the command stream. From a non-privileged batch, a register outside
+    /// what such a batch may write is not written (the hardware drops it; counted in the report).
+    /// A load of a page-directory pointer changes the tables the engine walks from the next
+    /// access on.
+    fn load_reg(&mut self, r: u32, v: u32) {
+        let r = r & REG_MASK;
+        if !self.privileged && !nonpriv_writable(self.core, r) {
+            self.report.dropped_register_writes += 1;
+            return;
+        }
+        self.core.stream_write(r, v);
+        let pdps = self.core.base() + reg::PDP0_LDW;
+        if (pdps..pdps + 32).contains(&r) {
+            self.ppgtt = Some(self.core.root(self.legacy32));
+        }
+    }
+
     fn read_reg(&self, r: u32) -> u32 {
         let off = (r & REG_MASK).wrapping_sub(self.core.base());
         if off == reg::CTX_TIMESTAMP {
@@ -347,6 +460,9 @@ impl<'a> Exec<'a> {
 
     /// Executes the command in `self.buf`.
     fn execute(&mut self, view: &mut MemView<'a>) -> Result<Flow, Stop> {
+        if self.core.reset_requested() {
+            return Err(Stop::Fault("the engine was reset through GDRST by a command stream".into()));
+        }
         let cmd = std::mem::take(&mut self.buf);
         let r = self.execute_cmd(view, &cmd);
         self.buf = cmd;
@@ -398,19 +514,19 @@ impl<'a> Exec<'a> {
             Handler::Lri => {
                 let mut i = 1;
                 while let (Some(&r), Some(&v)) = (cmd.get(i), cmd.get(i + 1)) {
-                    self.core.write(r, v);
+                    self.load_reg(r, v);
                     i += 2;
                 }
                 self.charge(mi + mi / 4 * (cmd.len() as u64 / 2), "MI_LOAD_REGISTER_IMM")?;
             }
             Handler::Lrr => {
                 let v = self.read_reg(d(1));
-                self.core.write(d(2), v);
+                self.load_reg(d(2), v);
                 self.charge(mi, "MI_LOAD_REGISTER_REG")?;
             }
             Handler::Lrm => {
                 let v = view.read_u32(space_of(ggtt22), addr64(d(2), d(3)))?;
-                self.core.write(d(1), v);
+                self.load_reg(d(1), v);
                 self.charge(mi, "MI_LOAD_REGISTER_MEM")?;
                 self.charge_bytes(4)?;
             }
@@ -455,6 +571,11 @@ impl<'a> Exec<'a> {
                 let dw1 = d(1);
                 if dw1 & (1 << 8) != 0 {
                     self.report.interrupts += 1;
+                }
+                if dw1 & (1 << 23) != 0 {
+                    // LRI post-sync: the address dword names a register that receives the data.
+                    self.load_reg(d(2), d(4));
+                    return Ok(Flow::Next);
                 }
                 let post = (dw1 >> 14) & 3;
                 let (space, addr) = (space_of(dw1 & (1 << 24) != 0), addr64(d(2), d(3)));

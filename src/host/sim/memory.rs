@@ -342,8 +342,14 @@ impl MemView<'_> {
                 Ok((pte & PTE_ADDR_MASK) | (gma % PAGE_SIZE))
             }
             AddrSpace::Ppgtt => {
+                // Like the hardware's walker, read each table wherever its address points: a host
+                // page or any attached guest's memory.
                 let root = self.ppgtt.ok_or(MemFault::NoPpgtt { gma })?;
-                walk_tables(root, gma, |table, i| self.host_page(table)?.get(i).copied()).ok_or(unmapped)
+                walk_tables(root, gma, |table, i| {
+                    let mut e = [0u8; 8];
+                    self.read_host(table.checked_add(8 * i as u64)?, &mut e).then(|| u64::from_le_bytes(e))
+                })
+                .ok_or(unmapped)
             }
         }
     }

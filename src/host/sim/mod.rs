@@ -28,6 +28,7 @@ pub mod cost;
 mod exec;
 pub mod memory;
 pub mod mmio;
+mod regs;
 #[cfg(test)]
 pub(crate) mod testing;
 #[cfg(test)]
@@ -43,10 +44,12 @@ use memory::{SimMemory, SimVgpuMemory};
 
 use super::{placement, EngineLayout, GuestDma, HostError, HostGpu, HostJob, RunReport, VgpuMemory};
 use crate::cmd::{GmWindows, PAGE_SIZE};
-use crate::hw::{Engine, EngineMask, Gen};
-use crate::mm::{GmLayout, HostReserve, ShadowRoot};
+use crate::hw::{lrc, Engine, EngineMask, Gen};
+use crate::mm::{GmLayout, HostReserve};
+use regs::GlobalRegs;
 
 pub use exec::reg;
+pub use regs::StreamWrite;
 
 /// What the software GPU models.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -89,6 +92,7 @@ struct EngineSlot {
 pub struct SimGpu {
     cfg: SimConfig,
     mem: Arc<SimMemory>,
+    global: Arc<GlobalRegs>,
     engines: Vec<Option<Mutex<EngineSlot>>>,
     mmio: mmio::Mmio,
 }
@@ -105,11 +109,17 @@ pub struct SimEngineStats {
 impl SimGpu {
     /// A software GPU as `cfg` describes.
     pub fn new(cfg: SimConfig) -> Self {
+        let global = Arc::new(GlobalRegs::default());
         let engines = Engine::ALL
             .iter()
-            .map(|&e| cfg.engines.has(e).then(|| Mutex::new(EngineSlot { core: EngineCore::new(e, cfg.gen), runs: 0 })))
+            .map(|&e| {
+                cfg.engines
+                    .has(e)
+                    .then(|| Mutex::new(EngineSlot { core: EngineCore::new(e, cfg.gen, global.clone()), runs: 0 }))
+            })
             .collect();
-        let gpu = SimGpu { mem: Arc::new(SimMemory::new(cfg.layout.total)), cfg, engines, mmio: Default::default() };
+        let mem = Arc::new(SimMemory::new(cfg.layout.total));
+        let gpu = SimGpu { mem, global, cfg, engines, mmio: Default::default() };
         // Back each engine's per-process status page now: index stores may land there any time.
         for e in Engine::ALL.into_iter().filter(|&e| cfg.engines.has(e)) {
             let _ = gpu.mem.stage_ggtt(gpu.context_area(e), &[0; PAGE_SIZE as usize]);
@@ -120,6 +130,13 @@ impl SimGpu {
     /// The memory, for tests and the register-level model.
     pub fn memory(&self) -> &Arc<SimMemory> {
         &self.mem
+    }
+
+    /// Every write a command stream made to a register its engine does not own (a GPU-wide
+    /// register: reset, GTT and display control, power management, another engine's registers).
+    /// No guest stream should ever reach one; adversarial tests check this stays empty.
+    pub fn stream_register_writes(&self) -> Vec<StreamWrite> {
+        self.global.stream_writes()
     }
 
     /// The configuration.
@@ -156,61 +173,72 @@ impl SimGpu {
     }
 }
 
-/// Runs a loaded context: workaround batches, then the ring; then saves the listed registers.
-/// `parts` is the image split as [`ShadowContext::parts_mut`](crate::context::ShadowContext::parts_mut) splits it.
+/// Runs a loaded context as the hardware runs an execlist element: restores the ring context,
+/// then the engine context unless CONTEXT_CONTROL inhibits it, runs the workaround batches and the
+/// ring, and saves the ring context and (unless inhibited) the engine context in the layout of
+/// [`hw::lrc`](crate::hw::lrc). `parts` is the image split as
+/// [`ShadowContext::parts_mut`](crate::context::ShadowContext::parts_mut) splits it.
 fn run_context(exec: &mut Exec<'_>, parts: (&mut [u32], &mut [u32]), legacy32: bool) -> Result<(), Stop> {
     let (ring_part, engine_part) = parts;
-    let base = exec.core.engine.mmio_base();
-    let mut slots: Vec<(bool, usize, u32)> = Vec::new();
+    let (gen, engine) = (exec.core.gen, exec.core.engine);
+    let base = engine.mmio_base();
+    exec.legacy32 = legacy32;
     exec.charge(exec.cost.context_restore_ns, "restoring the context")?;
-    let state0 = crate::context::shadow::RING_PART - crate::context::shadow::ENGINE_CONTEXT_DWORD;
-    let mut s = Vec::new();
-    exec.restore(ring_part, state0 + 1, &mut s)?;
-    slots.extend(s.drain(..).map(|(i, r)| (false, i, r)));
-    exec.restore(engine_part, 0, &mut s)?;
-    slots.extend(s.drain(..).map(|(i, r)| (true, i, r)));
-
-    let pdp = |n: u32| {
-        let r = base + reg::PDP0_LDW + 8 * n;
-        u64::from(exec.core.read(r)) | u64::from(exec.core.read(r + 4)) << 32
-    };
-    exec.ppgtt = Some(if legacy32 { ShadowRoot::L3([pdp(0), pdp(1), pdp(2), pdp(3)]) } else { ShadowRoot::L4(pdp(0)) });
+    let state = ring_part.get(lrc::PAGE_DWORDS..).unwrap_or_default();
+    exec.restore(state, 1)?;
+    if exec.core.read(base + CONTEXT_CONTROL) & lrc::CTX_RESTORE_INHIBIT == 0 {
+        exec.restore(engine_part, 0)?;
+    }
+    exec.ppgtt = Some(exec.core.root(legacy32));
     let ctx_ts = exec.core.read(base + reg::CTX_TIMESTAMP);
 
     let indirect = exec.core.read(base + reg::INDIRECT_CTX);
-    if has_wa(exec.core.gen, exec.core.engine) && indirect & 0x3f != 0 {
+    if lrc::has_wa_fields(gen, engine) && indirect & 0x3f != 0 {
         exec.run_buffer(u64::from(indirect & !0x3f), u64::from(indirect & 0x3f) * 64)?;
     }
     let per_ctx = exec.core.read(base + reg::BB_PER_CTX_PTR);
-    if has_wa(exec.core.gen, exec.core.engine) && per_ctx & 1 != 0 {
+    if lrc::has_wa_fields(gen, engine) && per_ctx & 1 != 0 {
         exec.run_batches(u64::from(per_ctx & !0xfff), crate::cmd::AddrSpace::Ggtt, false)?;
     }
-    let start = u64::from(exec.core.read(base + reg::RING_START) & !0xfff);
-    let size = (u64::from(exec.core.read(base + reg::RING_CTL) >> 12 & 0x1ff) + 1) * PAGE_SIZE;
-    let head = u64::from(exec.core.read(base + reg::RING_HEAD) & 0x1f_fffc);
-    let tail = u64::from(exec.core.read(base + reg::RING_TAIL) & 0x1f_fff8);
-    if exec.core.read(base + reg::RING_CTL) & 1 == 0 {
-        return Err(Stop::Fault("the context's ring is not enabled".into()));
-    }
-    let end = exec.run_ring(start, size, head, tail % size)?;
+    exec.run_ring()?;
 
-    // Save: the ring position, the context's running time, then every listed register.
-    let head_reg = exec.core.read(base + reg::RING_HEAD);
-    exec.core.write(base + reg::RING_HEAD, (head_reg & !0x1f_fffc) | end as u32);
+    // Save: the context's running time, then the lists.
     let ticks = exec.ns_ticks();
     exec.core.write(base + reg::CTX_TIMESTAMP, ctx_ts.wrapping_add(ticks));
-    for (engine_side, i, r) in slots {
-        let v = exec.core.read(r);
-        let part: &mut [u32] = if engine_side { &mut *engine_part } else { &mut *ring_part };
-        if let Some(d) = part.get_mut(i) {
-            *d = v;
-        }
+    let state = ring_part.get_mut(lrc::PAGE_DWORDS..).unwrap_or_default();
+    for list in lrc::ring_context_lists(gen, engine) {
+        save_list(exec.core, &list, state, 0);
+    }
+    if exec.core.read(base + CONTEXT_CONTROL) & lrc::CTX_SAVE_INHIBIT == 0 {
+        // The engine context of the register-state page is rewritten whole: MI_NOOPs around the
+        // list. (The render engine's pages 2.. hold 3D state this model does not keep.)
+        let state_dwords = lrc::PAGE_DWORDS - lrc::ENGINE_CONTEXT_DWORD;
+        engine_part.get_mut(..state_dwords).unwrap_or_default().fill(0);
+        save_list(exec.core, &lrc::engine_context_list(gen, engine), engine_part, lrc::ENGINE_CONTEXT_DWORD);
     }
     Ok(())
 }
 
-fn has_wa(gen: Gen, engine: Engine) -> bool {
-    crate::context::image::has_wa_fields(gen, engine)
+/// CONTEXT_CONTROL, relative to the engine's base.
+const CONTEXT_CONTROL: u32 = 0x244;
+
+/// Writes one register list as the engine saves it: header, then each register's offset and
+/// value (masked registers with every mask bit set, so a restore loads the whole value). `out`
+/// holds the register-state page from dword `first`.
+fn save_list(core: &EngineCore, list: &lrc::LriList, out: &mut [u32], first: usize) {
+    let base = core.engine.mmio_base();
+    let mut put = |i: usize, v: u32| {
+        if let Some(d) = i.checked_sub(first).and_then(|i| out.get_mut(i)) {
+            *d = v;
+        }
+    };
+    put(list.header, lrc::lri_header(list.regs.len()));
+    for (k, &r) in list.regs.iter().enumerate() {
+        let v = core.read(base + r);
+        let v = if regs::masked(core.engine, base + r) { 0xffff_0000 | v } else { v };
+        put(list.value_index(k) - 1, base + r);
+        put(list.value_index(k), v);
+    }
 }
 
 impl HostGpu for SimGpu {

@@ -1,7 +1,7 @@
 //! Test support: running hand-made command streams (no guest, no scan) on a backend.
 
 use crate::cmd::emit::CmdBuf;
-use crate::cmd::{BufferKind, Events, ScanStats, ScannedWorkload, ShadowBuffer};
+use crate::cmd::ScannedWorkload;
 use crate::context::image::idx;
 use crate::context::ShadowContext;
 use crate::host::EngineLayout;
@@ -21,12 +21,5 @@ pub(crate) fn ring_workload(ctx: &mut ShadowContext, layout: &EngineLayout, ring
             *d = v;
         }
     }
-    ScannedWorkload {
-        ring: ShadowBuffer { kind: BufferKind::Ring, dwords: ring.dwords },
-        batches: vec![],
-        relocs: vec![],
-        root_loads: vec![],
-        events: Events::empty(),
-        stats: ScanStats::default(),
-    }
+    ScannedWorkload::host_ring(ring.dwords)
 }

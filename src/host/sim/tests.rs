@@ -9,8 +9,9 @@ use crate::cmd::emit::{CmdBuf, PostSync};
 use crate::cmd::{AddrSpace::Ggtt, AddrSpace::Ppgtt};
 use crate::context::image::idx;
 use crate::context::ShadowContext;
+use crate::hw::lrc;
 use crate::mm::ppgtt::{PpgttLimits, Revalidate};
-use crate::mm::{PpgttRoot, ShadowPpgtt};
+use crate::mm::{PpgttRoot, ShadowPpgtt, ShadowRoot};
 
 /// GGTT window mapped to guest memory [0, 4 MiB).
 const WIN: u64 = 0x100_0000;
@@ -48,7 +49,7 @@ fn rig_with(engine: Engine, cost: CostModel) -> Rig {
     }
     let mut ppgtt = ShadowPpgtt::new(&mut *vm, PpgttLimits::default(), Box::new(Revalidate)).unwrap();
     let root = ppgtt.pin(&guest, &mut *vm, PpgttRoot::L4(PML4)).unwrap();
-    let ctx = ShadowContext::new(Gen::Gen9, engine);
+    let ctx = ShadowContext::with_blank_clean(Gen::Gen9, engine);
     Rig { gpu, guest, _vm: vm, root, ctx, engine, _ppgtt: ppgtt }
 }
 
@@ -320,6 +321,7 @@ fn blits_on_linear_surfaces() {
 #[test]
 fn three_d_commands_cost_their_model() {
     let mut r = rig(Engine::Rcs);
+    r.run(CmdBuf::new().noop(2)).unwrap(); // from now on the image restores the saved lists
     let base = r.run(CmdBuf::new().noop(2)).unwrap().engine_ns;
     // 3DPRIMITIVE, 300 vertices, 1 instance.
     let rep = r.run(CmdBuf::new().raw(&[0x7b00_0005, 0, 300, 0, 1, 0, 0])).unwrap();
@@ -361,10 +363,7 @@ fn context_restore_and_save() {
     // An engine-context register list: LRI of GPR7 = 5.
     {
         let (_, eng) = r.ctx.parts_mut();
-        eng[0] = 0x1100_0001;
-        eng[1] = gpr(7);
-        eng[2] = 5;
-        eng[3] = 0x0500_0000;
+        eng[..4].copy_from_slice(&[0x1100_0001, gpr(7), 5, 0x0500_0000]);
     }
     let t = WIN + 0xe00;
     let mut c = CmdBuf::new();
@@ -372,8 +371,95 @@ fn context_restore_and_save() {
     c.align_qword();
     let rep = r.run(&c).unwrap();
     assert_eq!(r.ggtt32(t), 5, "the image's register loads ran before the ring");
+    // The engine saves in its own layout, whatever the image held.
+    let list = lrc::engine_context_list(Gen::Gen9, Engine::Rcs);
+    let k = list.regs.iter().position(|&x| x == reg::GPR0 + 8 * 7).unwrap();
     let (ring, eng) = r.ctx.parts();
-    assert_eq!(eng[2], 6, "the engine saved the register into the image");
+    let at = |i: usize| eng[i - lrc::ENGINE_CONTEXT_DWORD];
+    assert_eq!(at(lrc::ENGINE_CONTEXT_DWORD), 0, "MI_NOOP before the list");
+    assert_eq!(at(list.header), lrc::lri_header(44));
+    assert_eq!((at(list.value_index(k) - 1), at(list.value_index(k))), (gpr(7), 6), "GPR7 saved");
     assert_eq!(ring[1024 + idx::RING_HEAD] & 0x1f_fffc, c.len_bytes() as u32, "head saved at the tail");
     assert!(ring[1024 + idx::CTX_TIMESTAMP] > 0 && rep.engine_ns >= CostModel::default().context_restore_ns);
+    // What was saved restores: the next run reads GPR7 = 6 before its ring runs.
+    r.run(CmdBuf::new().srm(gpr(7), Ggtt, t).align_qword()).unwrap();
+    assert_eq!(r.ggtt32(t), 6);
+}
+
+#[test]
+fn restore_inhibit_and_save_inhibit_are_honoured() {
+    let mut r = rig(Engine::Rcs);
+    let t = WIN + 0xe00;
+    r.run(CmdBuf::new().lri(&[(gpr(3), 0x33)]).align_qword()).unwrap();
+    // The image now restores GPR3 = 0x33. A context with restore inhibit does not load it: the
+    // engine keeps what it has, here 0x44.
+    r.gpu.write_reg(Engine::Rcs, gpr(3), 0x44);
+    *r.ctx.image_dword_mut(1024 + idx::CONTEXT_CONTROL).unwrap() = 0xffff_0001;
+    r.run(CmdBuf::new().srm(gpr(3), Ggtt, t).align_qword()).unwrap();
+    assert_eq!(r.ggtt32(t), 0x44, "restore inhibit: the engine context was not loaded");
+    let list = lrc::engine_context_list(Gen::Gen9, Engine::Rcs);
+    let k = list.regs.iter().position(|&x| x == reg::GPR0 + 8 * 3).unwrap();
+    let saved = |r: &Rig| r.ctx.parts().1[list.value_index(k) - lrc::ENGINE_CONTEXT_DWORD];
+    assert_eq!(saved(&r), 0x44, "but it was saved");
+    // Save inhibit: the image keeps what it had.
+    *r.ctx.image_dword_mut(1024 + idx::CONTEXT_CONTROL).unwrap() = 0xffff_0004;
+    r.run(CmdBuf::new().lri(&[(gpr(3), 0x55)]).align_qword()).unwrap();
+    assert_eq!(saved(&r), 0x44, "save inhibit: the engine context was not saved");
+    assert_eq!(r.reg(reg::GPR0 + 8 * 3), 0x55);
+}
+
+#[test]
+fn register_loads_of_the_roots_and_ring_take_effect_when_executed() {
+    let mut r = rig(Engine::Rcs);
+    // Tables in guest memory written the way the engine reads them: entries hold host (DMA)
+    // addresses, here of guest memory, which is slot 1. They map VA to VA_GPA + 1 MiB.
+    let host = |gpa: u64| 1u64 << 40 | gpa;
+    let pml4b = PML4 + 0x10_0000;
+    let w = |a: u64, v: u64| r.guest.write_obj(v, GuestAddress(a)).unwrap();
+    w(pml4b, host(pml4b + 0x1000) | 3);
+    w(pml4b + 0x1000 + 8, host(pml4b + 0x2000) | 3);
+    w(pml4b + 0x2000, host(pml4b + 0x3000) | 3);
+    w(pml4b + 0x3000, host(VA_GPA + 0x10_0000) | 3);
+    let mut c = CmdBuf::new();
+    c.store_dword(Ppgtt, VA, 1);
+    c.lri(&[(Engine::Rcs.mmio_base() + reg::PDP0_LDW + 4, (host(pml4b) >> 32) as u32)]);
+    c.lri(&[(Engine::Rcs.mmio_base() + reg::PDP0_LDW, host(pml4b) as u32)]);
+    c.store_dword(Ppgtt, VA, 2);
+    r.run(c.align_qword()).unwrap();
+    assert_eq!(r.ppgtt32(VA), 1, "the first store walked the context's tables");
+    let other: u32 = r.guest.read_obj(GuestAddress(VA_GPA + 0x10_0000)).unwrap();
+    assert_eq!(other, 2, "the root load took effect: the engine walked the loaded tables");
+
+    // RING_TAIL loaded from the ring moves the end of the fetch.
+    let mut r = rig(Engine::Bcs);
+    let tail = Engine::Bcs.mmio_base() + reg::RING_TAIL;
+    let mut c = CmdBuf::new();
+    c.lri(&[(tail, 0x10)]).noop(1).store_dword(Ggtt, WIN + 0x700, 9);
+    r.run(c.align_qword()).unwrap();
+    assert_eq!(r.ggtt32(WIN + 0x700), 0, "the fetch stopped at the loaded tail");
+}
+
+#[test]
+fn non_privileged_batches_cannot_write_privileged_registers() {
+    let mut r = rig(Engine::Bcs);
+    let bcs = Engine::Bcs.mmio_base();
+    let mut b = CmdBuf::new();
+    b.lri(&[(bcs + reg::GPR0, 7), (bcs + reg::HWS_PGA, 0x1234_5000), (crate::hw::reg::GDRST, 1)]).bb_end();
+    r.guest.write_slice(&b.to_bytes(), GuestAddress(VA_GPA + 0x1000)).unwrap();
+    let mut ring = CmdBuf::new();
+    ring.bb_start(Ppgtt, VA + 0x1000, false);
+    let rep = r.run(ring.align_qword()).unwrap();
+    assert_eq!(rep.dropped_register_writes, 2);
+    assert_eq!(r.reg(reg::GPR0), 7, "a general-purpose register is the batch's to write");
+    assert_eq!(r.reg(reg::HWS_PGA), 0);
+    assert!(r.gpu.stream_register_writes().is_empty());
+    // The same commands from a privileged (GGTT) batch take effect, GPU-wide.
+    r.put(WIN + 0x1_0000, &b);
+    let mut ring = CmdBuf::new();
+    ring.bb_start(Ggtt, WIN + 0x1_0000, false);
+    let e = r.run(ring.align_qword()).unwrap_err();
+    assert!(matches!(&e, HostError::Fault { why, .. } if why.contains("GDRST")), "{e}");
+    assert_eq!(r.reg(reg::HWS_PGA), 0x1234_5000);
+    let w = r.gpu.stream_register_writes();
+    assert_eq!(w, vec![StreamWrite { engine: Engine::Bcs, reg: crate::hw::reg::GDRST, value: 1 }]);
 }

@@ -5,7 +5,7 @@ use vm_memory::GuestMemory;
 
 use super::error::{BufferKind, Reason};
 use super::memory::{AddrSpace, GmTranslate};
-use super::regs::{self, RegAccess, RegPolicy, DISCARD_REG, REG_OFFSET_MASK};
+use super::regs::{self, RegAccess, RegPolicy, REG_OFFSET_MASK};
 use super::scan::{BufCtx, Flow, ScanObserver, Scanner};
 use super::table::{BlitKind, CmdDesc, Handler};
 use super::workload::{Events, Reloc, RootLoad};
@@ -49,6 +49,25 @@ fn need_len(cmd: &[u32], ok: bool, expected: &'static str) -> Result<(), Reason>
         Ok(())
     } else {
         Err(Reason::BadLength { len: cmd.len() as u32, expected })
+    }
+}
+
+/// Removes the register/value pairs of an MI_LOAD_REGISTER_IMM copy whose bit is set in `dropped`
+/// (bit `n` for pair `n`): each becomes a repeat of a kept pair (the same register loaded with the
+/// same value again), or, if none is kept, the whole command becomes MI_NOOPs.
+fn drop_pairs(cmd: &mut [u32], dropped: u128) {
+    let pairs = (cmd.len().saturating_sub(1) / 2).min(128);
+    let kept = (0..pairs).find(|n| dropped & (1 << n) == 0);
+    match kept {
+        None => cmd.fill(0),
+        Some(n) => {
+            let (reg, value) = (dw(cmd, 1 + 2 * n), dw(cmd, 2 + 2 * n));
+            for m in (0..pairs).filter(|m| dropped & (1 << m) != 0) {
+                if let Some(pair) = cmd.get_mut(1 + 2 * m..3 + 2 * m) {
+                    pair.copy_from_slice(&[reg, value]);
+                }
+            }
+        }
     }
 }
 
@@ -266,8 +285,14 @@ where
 
     fn lri(&mut self, cmd: &mut [u32], ctx: BufCtx) -> Result<Flow, Reason> {
         need_len(cmd, cmd.len() >= 3 && cmd.len() % 2 == 1, "1 + 2n with n >= 1")?;
+        // Register/value pairs the copy drops: the write goes nowhere, as the hardware would
+        // treat it (a host-owned register i915 writes, a root load from a non-privileged batch).
+        let mut dropped: u128 = 0;
         let mut k = 1;
         while k + 1 < cmd.len() {
+            let bit = 1u128
+                .checked_shl((k / 2) as u32)
+                .ok_or(Reason::BadLength { len: cmd.len() as u32, expected: "at most 128 registers" })?;
             let reg = dw(cmd, k) & REG_OFFSET_MASK;
             let value = dw(cmd, k + 1);
             match self.register(reg, RegAccess::Write) {
@@ -275,21 +300,25 @@ where
                 Err(e) => match regs::policy(self.p.engine, reg) {
                     RegPolicy::ForceNonpriv if regs::nonpriv_value_allowed(self.p.engine, value) => {}
                     RegPolicy::ForceNonpriv => return Err(Reason::NonprivValue { reg, value }),
-                    RegPolicy::PageTableRoot => {
-                        self.out.root_loads.push(RootLoad { buffer: ctx.id, dword: ctx.dword + k + 1, reg })
-                    }
+                    // A non-privileged batch cannot load a page-table root: the hardware drops it.
+                    RegPolicy::PageTableRoot if ctx.space() == AddrSpace::Ppgtt => dropped |= bit,
+                    RegPolicy::PageTableRoot => self.out.root_loads.push(RootLoad {
+                        buffer: ctx.id,
+                        cmd: ctx.dword,
+                        dword: ctx.dword + k + 1,
+                        reg,
+                    }),
                     // A context image restores context-saved state the command streams may only read.
                     RegPolicy::ReadOnly if ctx.kind == BufferKind::Context => {}
-                    RegPolicy::Discard => {
-                        if let Some(d) = cmd.get_mut(k) {
-                            *d = DISCARD_REG;
-                        }
-                        self.patched();
-                    }
+                    RegPolicy::Discard => dropped |= bit,
                     _ => return Err(e),
                 },
             }
             k += 2;
+        }
+        if dropped != 0 {
+            drop_pairs(cmd, dropped);
+            self.patched();
         }
         Ok(Flow::Next)
     }

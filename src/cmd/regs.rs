@@ -35,7 +35,7 @@ pub enum RegPolicy {
     /// be replaced by the shadow page table's address; other access is denied.
     PageTableRoot,
     /// A host-owned register i915 writes for its own reasons (DERRMR, FORCEWAKE_MT): an
-    /// MI_LOAD_REGISTER_IMM to it is redirected to a discarded offset.
+    /// MI_LOAD_REGISTER_IMM to it is dropped from the copy.
     Discard,
 }
 
@@ -45,10 +45,6 @@ impl RegPolicy {
         matches!((self, access), (RegPolicy::ReadOnly, RegAccess::Read) | (RegPolicy::ReadWrite, _))
     }
 }
-
-/// The offset an MI_LOAD_REGISTER_IMM to a [`RegPolicy::Discard`] register is redirected to: the
-/// PVINFO page, which is not a hardware register, so the write goes nowhere.
-pub const DISCARD_REG: u32 = 0x7_8000;
 
 /// Largest MMIO register offset a command can name (bits 22:2 of the offset dword).
 pub const REG_OFFSET_MASK: u32 = 0x007f_fffc;

@@ -192,10 +192,18 @@ fn page_table_roots_are_recorded_and_host_registers_discarded() {
     let w = case().scan(ring().noop(2).lri(&[(0x2274, 0), (0x2270, 0x1000)])).unwrap();
     assert_eq!(
         w.root_loads,
-        vec![RootLoad { buffer: 0, dword: 4, reg: 0x2274 }, RootLoad { buffer: 0, dword: 6, reg: 0x2270 }]
+        vec![
+            RootLoad { buffer: 0, cmd: 2, dword: 4, reg: 0x2274 },
+            RootLoad { buffer: 0, cmd: 2, dword: 6, reg: 0x2270 }
+        ]
     );
+    // A host register alone: the whole command becomes MI_NOOPs.
     let w = case().scan(ring().lri(&[(0x4_4050, 0)])).unwrap();
-    assert_eq!(w.ring.dwords[1], regs::DISCARD_REG);
+    assert_eq!(&w.ring.dwords[..3], &[0, 0, 0]);
+    // Beside an allowed register: the pair repeats the allowed load.
+    let w = case().scan(ring().lri(&[(0x4_4050, 0), (0x2600, 5)])).unwrap();
+    assert_eq!(&w.ring.dwords[..5], &[0x1100_0003, 0x2600, 5, 0x2600, 5]);
+    assert_eq!(w.stats.patched, 1);
     assert!(case().scan(ring().lrr(0x2600, 0x2270)).is_err());
 }
 

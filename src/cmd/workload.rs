@@ -57,6 +57,8 @@ pub struct Reloc {
 pub struct RootLoad {
     /// Buffer holding the LRI.
     pub buffer: BufferId,
+    /// Dword index of the LRI's header: loads with the same `(buffer, cmd)` are one command.
+    pub cmd: usize,
     /// Dword index of the value dword.
     pub dword: usize,
     /// The register loaded.
@@ -113,6 +115,18 @@ impl ScannedWorkload {
         match id.checked_sub(1) {
             None => Some(&self.ring),
             Some(i) => self.batches.get(i),
+        }
+    }
+
+    /// Replaces dword `dword` of buffer `id` (a value the workload must patch before it runs,
+    /// such as a page-table root load's). False if there is no such dword.
+    pub fn patch(&mut self, id: BufferId, dword: usize, value: u32) -> bool {
+        match self.buffer_mut(id).and_then(|b| b.dwords.get_mut(dword)) {
+            Some(d) => {
+                *d = value;
+                true
+            }
+            None => false,
         }
     }
 

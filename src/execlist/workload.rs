@@ -74,6 +74,16 @@ pub enum WorkloadError {
     /// The workaround batches failed to copy or scan.
     #[error("workaround batch: {0}")]
     WaBatch(String),
+    /// A page-table root load (MI_LOAD_REGISTER_IMM of PDPn) that cannot be pointed at the shadow.
+    #[error("{stream} dword {dword:#x}: page-table root load: {why}")]
+    RootLoad {
+        /// "ring" or "workaround batch".
+        stream: &'static str,
+        /// Dword index of the LRI in its buffer (buffer 0 is the ring).
+        dword: usize,
+        /// Why it is refused.
+        why: &'static str,
+    },
 }
 
 /// Creates the workload for descriptor `desc` (already validated by
@@ -102,7 +112,13 @@ where
         mode => return Err(DescriptorError::AddressingMode(mode).into()),
     };
     let shadow_root = ppgtt.pin(mem, host, root)?;
-    let scanned = scan_all(mem, ggtt, ppgtt, root, &guest, p);
+    let scanned = scan_all(mem, ggtt, ppgtt, root, &guest, p).and_then(|(mut ring, mut wa)| {
+        patch_root_loads(&mut ring, "ring", p.engine, root, shadow_root)?;
+        if let Some(wa) = wa.as_mut() {
+            patch_root_loads(wa, "workaround batch", p.engine, root, shadow_root)?;
+        }
+        Ok((ring, wa))
+    });
     match scanned {
         Ok((ring, wa)) => Ok(Workload { desc, guest, root, shadow_root, ring, wa }),
         Err(e) => {
@@ -111,6 +127,68 @@ where
             Err(e)
         }
     }
+}
+
+/// Points every page-table root load of a scanned stream at the shadow tables, as GVT-g does: on
+/// the hardware the engine would walk whatever tables the loaded value names. A load must set
+/// whole roots in one MI_LOAD_REGISTER_IMM (the upper and lower dword of PDP0 for a 4-level
+/// context, of all four PDPs for a legacy 3-level one, as i915 emits them) to the context's own
+/// root: the scanner read the stream's PPGTT batches through that root, so a load of another one
+/// would make the engine fetch something else than what was scanned. Anything else is refused.
+fn patch_root_loads(
+    w: &mut ScannedWorkload,
+    stream: &'static str,
+    engine: Engine,
+    root: PpgttRoot,
+    shadow: ShadowRoot,
+) -> Result<(), WorkloadError> {
+    let loads = std::mem::take(&mut w.root_loads);
+    let pdp_base = engine.mmio_base() + crate::hw::reg::ring::PDP0_LDW;
+    let mut i = 0;
+    while let Some(first) = loads.get(i) {
+        let group: Vec<_> =
+            loads.iter().skip(i).take_while(|l| (l.buffer, l.cmd) == (first.buffer, first.cmd)).copied().collect();
+        i += group.len();
+        let refuse = |why| WorkloadError::RootLoad { stream, dword: first.cmd, why };
+        // Per PDP n: the value dwords of its lower and upper halves.
+        let mut halves = [[None::<usize>; 2]; 4];
+        for l in &group {
+            let off = l.reg.checked_sub(pdp_base).filter(|o| *o < 32).ok_or(refuse("not a PDP register"))?;
+            let (n, upper) = ((off / 8) as usize, off % 8 == 4);
+            let slot = halves.get_mut(n).and_then(|h| h.get_mut(usize::from(upper))).ok_or(refuse("bad PDP"))?;
+            if slot.replace(l.dword).is_some() {
+                return Err(refuse("the same PDP half loaded twice in one command"));
+            }
+        }
+        let wanted: &[usize] = match root {
+            PpgttRoot::L4(_) => &[0],
+            PpgttRoot::L3(_) => &[0, 1, 2, 3],
+        };
+        let loaded: Vec<usize> = (0..4).filter(|&n| halves.get(n).is_some_and(|h| h.iter().any(Option::is_some))).collect();
+        if loaded != wanted {
+            return Err(refuse("it must load the context's whole root (PDP0 for a PML4, all four PDPs otherwise)"));
+        }
+        let value = |w: &ScannedWorkload, d: usize| w.buffer(first.buffer)?.dwords.get(d).copied().map(u64::from);
+        let guest = root.normalized();
+        for &n in wanted {
+            let (Some(lo), Some(hi)) = (halves[n][0], halves[n][1]) else {
+                return Err(refuse("both halves of each PDP must be loaded together"));
+            };
+            let v = value(w, lo).zip(value(w, hi)).map(|(l, h)| h << 32 | l).ok_or(refuse("value out of the buffer"))?;
+            let own = match guest {
+                PpgttRoot::L4(a) => a,
+                PpgttRoot::L3(p) => p.get(n).copied().unwrap_or(0),
+            };
+            if PpgttRoot::L4(v).normalized() != PpgttRoot::L4(own) {
+                return Err(refuse("it names another page table than the context's (batches were scanned through the context's)"));
+            }
+            let host = shadow.pdps().get(n).copied().unwrap_or(0);
+            if !(w.patch(first.buffer, lo, host as u32) && w.patch(first.buffer, hi, (host >> 32) as u32)) {
+                return Err(refuse("value out of the buffer"));
+            }
+        }
+    }
+    Ok(())
 }
 
 fn scan_all<M, G>(
@@ -257,6 +335,51 @@ mod tests {
         let e = create_workload(&g.mem, &g.ggtt, &mut g.ppgtt, &mut g.host, desc(), &params(Engine::Rcs));
         assert!(matches!(e, Err(WorkloadError::WaBatch(_))), "{e:?}");
         assert_eq!(g.ppgtt.unpin(&mut g.host, PpgttRoot::L4(PML4)), Err(PpgttError::NotPinned(PpgttRoot::L4(PML4))));
+    }
+
+    #[test]
+    fn root_loads_point_at_the_shadow_tables() {
+        let mut g = guest();
+        let lri = |pairs: &[(u32, u32)]| {
+            let mut v = vec![0x1100_0000 | (2 * pairs.len() as u32 - 1)];
+            pairs.iter().for_each(|&(r, x)| v.extend([r, x]));
+            v
+        };
+        let ring_with = |g: &Guest, cmds: Vec<u32>| {
+            let mut all = cmds;
+            all.extend([0x1880_0101, BATCH_PPGTT as u32, 0, 0x0100_0000]);
+            if all.len() % 2 == 1 {
+                all.push(0);
+            }
+            w32(&g.mem, 0, &all);
+            let state = LRCA - AP.base + PAGE_SIZE;
+            w32(&g.mem, state + 4 * idx::RING_TAIL as u64, &[4 * all.len() as u32]);
+        };
+        // i915's form: PDP0's upper then lower dword, the context's own PML4.
+        ring_with(&g, lri(&[(0x22274, 0), (0x22270, PML4 as u32)]));
+        let w = create_workload(&g.mem, &g.ggtt, &mut g.ppgtt, &mut g.host, desc(), &params(Engine::Bcs)).unwrap();
+        let shadow = w.shadow_root.pdps()[0];
+        assert_eq!(&w.ring.ring.dwords[1..5], &[0x22274, (shadow >> 32) as u32, 0x22270, shadow as u32]);
+        assert!(w.ring.root_loads.is_empty());
+        g.ppgtt.unpin(&mut g.host, w.root).unwrap();
+        // Another table, half a root, a root of another PDP: refused, and nothing stays pinned.
+        for cmds in [
+            lri(&[(0x22274, 0), (0x22270, 0x3f_0000)]),
+            lri(&[(0x22270, PML4 as u32)]),
+            lri(&[(0x22274, 0), (0x22270, PML4 as u32), (0x22278, 0), (0x2227c, 0)]),
+        ] {
+            ring_with(&g, cmds);
+            let e = create_workload(&g.mem, &g.ggtt, &mut g.ppgtt, &mut g.host, desc(), &params(Engine::Bcs));
+            assert!(matches!(e, Err(WorkloadError::RootLoad { .. })), "{e:?}");
+            let root = PpgttRoot::L4(PML4);
+            assert_eq!(g.ppgtt.unpin(&mut g.host, root), Err(PpgttError::NotPinned(root)));
+        }
+        // From a non-privileged (PPGTT) batch the hardware drops a root load: the copy does too.
+        ring_with(&g, vec![]);
+        w32(&g.mem, BATCH_GPA, &[0x1100_0003, 0x22274, 0, 0x22270, 0x3f_0000, 0x0500_0000]);
+        let w = create_workload(&g.mem, &g.ggtt, &mut g.ppgtt, &mut g.host, desc(), &params(Engine::Bcs)).unwrap();
+        assert_eq!(&w.ring.batches[0].dwords[..6], &[0, 0, 0, 0, 0, 0x0500_0000]);
+        g.ppgtt.unpin(&mut g.host, w.root).unwrap();
     }
 
     #[test]

@@ -35,6 +35,9 @@ pub mod ring {
     pub const REQUEST_RESET: u32 = 1 << 0;
     /// RESET_CTL: ready for reset (read only).
     pub const READY_TO_RESET: u32 = 1 << 1;
+    /// PDP0 lower dword; PDPn lower at `+ 8n`, upper at `+ 8n + 4`. PDP0 holds the PML4 of a
+    /// 4-level context.
+    pub const PDP0_LDW: u32 = 0x270;
     /// RING_MODE_GEN7 / GFX_MODE (masked).
     pub const RING_MODE: u32 = 0x29c;
     /// GFX_MODE: run-list (execlist) submission enable.

@@ -394,6 +394,7 @@ fn reason_class(e: &WorkloadError) -> &'static str {
         WorkloadError::Ppgtt(_) => "page tables",
         WorkloadError::Ring(_) => "command scan",
         WorkloadError::WaBatch(_) => "workaround batch",
+        WorkloadError::RootLoad { .. } => "page-table root load",
     }
 }
 

@@ -285,9 +285,11 @@ where
 
     fn lri(&mut self, cmd: &mut [u32], ctx: BufCtx) -> Result<Flow, Reason> {
         need_len(cmd, cmd.len() >= 3 && cmd.len() % 2 == 1, "1 + 2n with n >= 1")?;
-        // Register/value pairs the copy drops: the write goes nowhere, as the hardware would
-        // treat it (a host-owned register i915 writes, a root load from a non-privileged batch).
+        // Register/value pairs the copy drops (host-owned registers i915 writes); a root load from
+        // a non-privileged batch makes the whole command MI_NOOP, as the hardware does with a
+        // load of a register such a batch may not write.
         let mut dropped: u128 = 0;
+        let mut noop = false;
         let mut k = 1;
         while k + 1 < cmd.len() {
             let bit = 1u128
@@ -301,7 +303,7 @@ where
                     RegPolicy::ForceNonpriv if regs::nonpriv_value_allowed(self.p.engine, value) => {}
                     RegPolicy::ForceNonpriv => return Err(Reason::NonprivValue { reg, value }),
                     // A non-privileged batch cannot load a page-table root: the hardware drops it.
-                    RegPolicy::PageTableRoot if ctx.space() == AddrSpace::Ppgtt => dropped |= bit,
+                    RegPolicy::PageTableRoot if ctx.space() == AddrSpace::Ppgtt => noop = true,
                     RegPolicy::PageTableRoot => self.out.root_loads.push(RootLoad {
                         buffer: ctx.id,
                         cmd: ctx.dword,
@@ -316,7 +318,10 @@ where
             }
             k += 2;
         }
-        if dropped != 0 {
+        if noop {
+            cmd.fill(0);
+            self.patched();
+        } else if dropped != 0 {
             drop_pairs(cmd, dropped);
             self.patched();
         }

@@ -67,9 +67,10 @@ pub struct RunReport {
     pub interrupts: u32,
     /// Blits consumed without effect (tiled or legacy layouts the backend does not model).
     pub skipped_blits: u32,
-    /// Register loads a non-privileged batch made to registers it may not write, dropped by the
-    /// engine as the hardware drops them.
-    pub dropped_register_writes: u32,
+    /// Commands a non-privileged batch may not execute (privileged commands, loads of registers
+    /// it may not write, global-GTT stores), turned into MI_NOOP by the engine as the hardware
+    /// turns them.
+    pub privilege_violations: u32,
 }
 
 /// Why the host engine did not complete a workload. The vGPU sees every one as a hang of its

@@ -6,6 +6,7 @@
 
 mod engine;
 pub mod lrc;
+pub mod nonpriv;
 mod platform;
 pub mod pvinfo;
 pub mod reg;

@@ -9,7 +9,7 @@ use super::memory::{MemFault, MemView, SimMemory};
 use super::regs::{apply_masked, engine_local, masked, GlobalRegs};
 use crate::cmd::{AddrSpace, CmdDesc, CommandTable, Decoded, Handler, PAGE_SIZE};
 use crate::host::RunReport;
-use crate::hw::{Engine, Gen};
+use crate::hw::{nonpriv, Engine, Gen};
 use crate::mm::ShadowRoot;
 
 /// Register offsets relative to the engine base.
@@ -172,15 +172,13 @@ impl EngineCore {
     }
 }
 
-/// Whether a non-privileged batch may write register `r`: the CS general-purpose registers and
-/// the registers the engine's FORCE_TO_NONPRIV slots name. Any other register load from such a
-/// batch is dropped by the hardware.
+/// Whether a non-privileged batch may write register `r`: its user-mode register list, or a
+/// register one of the engine's FORCE_TO_NONPRIV slots opens for writing.
 fn nonpriv_writable(core: &EngineCore, r: u32) -> bool {
     let base = core.base();
-    if (base + reg::GPR0..base + reg::GPR0 + 0x80).contains(&r) {
-        return true;
-    }
-    (0..12u32).any(|slot| core.read(base + reg::FORCE_TO_NONPRIV + 4 * slot) & 0x03ff_fffc == r)
+    nonpriv::user_writable(core.gen, core.engine, r)
+        || (0..nonpriv::FORCE_TO_NONPRIV_SLOTS)
+            .any(|slot| nonpriv::slot_allows_write(core.read(base + nonpriv::FORCE_TO_NONPRIV + 4 * slot), r))
 }
 
 /// Where the streamer fetches the next command.
@@ -433,20 +431,42 @@ impl<'a> Exec<'a> {
         Ok(())
     }
 
-    /// A register load by the command stream. From a non-privileged batch, a register outside
-    /// what such a batch may write is not written (the hardware drops it; counted in the report).
-    /// A load of a page-directory pointer changes the tables the engine walks from the next
-    /// access on.
+    /// A register load by the command stream. A load of a page-directory pointer changes the
+    /// tables the engine walks from the next access on.
     fn load_reg(&mut self, r: u32, v: u32) {
         let r = r & REG_MASK;
-        if !self.privileged && !nonpriv_writable(self.core, r) {
-            self.report.dropped_register_writes += 1;
-            return;
-        }
         self.core.stream_write(r, v);
         let pdps = self.core.base() + reg::PDP0_LDW;
         if (pdps..pdps + 32).contains(&r) {
             self.ppgtt = Some(self.core.root(self.legacy32));
+        }
+    }
+
+    /// What a non-privileged batch may not execute: the command becomes MI_NOOP (a command
+    /// privilege violation, counted), as the hardware does. `Some(reason)` if `cmd` is one.
+    fn privilege_violation(&self, desc: &CmdDesc, cmd: &[u32]) -> Option<&'static str> {
+        if self.privileged {
+            return None;
+        }
+        let d = |i: usize| cmd.get(i).copied().unwrap_or(0);
+        let ggtt22 = d(0) & (1 << 22) != 0;
+        let writable = |r: u32| nonpriv_writable(self.core, r & REG_MASK);
+        if nonpriv::PRIVILEGED_COMMANDS.contains(&desc.name) {
+            return Some("privileged command");
+        }
+        match desc.handler {
+            Handler::Lri => {
+                let mut regs = cmd.get(1..).unwrap_or_default().chunks_exact(2).map(|p| p.first().copied().unwrap_or(0));
+                (!regs.all(writable)).then_some("register load")
+            }
+            Handler::Lrr => (!writable(d(2))).then_some("register load"),
+            Handler::Lrm if ggtt22 => Some("global GTT access"),
+            Handler::Lrm => (!writable(d(1))).then_some("register load"),
+            Handler::Srm | Handler::StoreDataImm if ggtt22 => Some("global GTT access"),
+            Handler::CopyMemMem if ggtt22 || d(0) & (1 << 21) != 0 => Some("global GTT access"),
+            Handler::PipeControl if d(1) & (1 << 23) != 0 && !writable(d(2)) => Some("register load"),
+            Handler::SemaphoreWait if d(0) & (1 << 16) != 0 && self.core.gen == Gen::Gen9 => Some("register poll"),
+            _ => None,
         }
     }
 
@@ -482,7 +502,14 @@ impl<'a> Exec<'a> {
             _ => return Err(Stop::Fault(format!("command {dw0:#010x} is not executable on {}", self.core.engine))),
         };
         let mi = self.cost.mi_ns;
-        let ggtt22 = dw0 & (1 << 22) != 0;
+        if self.privilege_violation(desc, cmd).is_some() {
+            self.report.privilege_violations += 1;
+            self.charge(mi, "a command privilege violation")?;
+            return Ok(Flow::Next);
+        }
+        // A non-privileged batch's other global-GTT selections are taken in the PPGTT, and so is
+        // a batch it starts.
+        let ggtt22 = dw0 & (1 << 22) != 0 && self.privileged;
         match desc.handler {
             Handler::UserInterrupt => {
                 self.report.interrupts += 1;
@@ -493,7 +520,8 @@ impl<'a> Exec<'a> {
             }
             Handler::BbStart => {
                 self.charge(mi, "MI_BATCH_BUFFER_START")?;
-                let space = if dw0 & (1 << 8) != 0 { AddrSpace::Ppgtt } else { AddrSpace::Ggtt };
+                let ppgtt = dw0 & (1 << 8) != 0 || !self.privileged;
+                let space = if ppgtt { AddrSpace::Ppgtt } else { AddrSpace::Ggtt };
                 return Ok(Flow::Start { addr: addr64(d(1), d(2)), space, second: dw0 & (1 << 22) != 0 });
             }
             Handler::BbEnd => {
@@ -562,7 +590,7 @@ impl<'a> Exec<'a> {
                 }
                 let post = (dw0 >> 14) & 3;
                 let qword = cmd.len() >= 5;
-                let (space, addr) = (space_of(d(1) & 4 != 0), addr64(d(1) & !7, d(2)));
+                let (space, addr) = (space_of(d(1) & 4 != 0 && self.privileged), addr64(d(1) & !7, d(2)));
                 let imm = u64::from(d(3)) | u64::from(d(4)) << 32;
                 self.post_sync(view, post, space, addr, imm, qword)?;
             }
@@ -578,7 +606,7 @@ impl<'a> Exec<'a> {
                     return Ok(Flow::Next);
                 }
                 let post = (dw1 >> 14) & 3;
-                let (space, addr) = (space_of(dw1 & (1 << 24) != 0), addr64(d(2), d(3)));
+                let (space, addr) = (space_of(dw1 & (1 << 24) != 0 && self.privileged), addr64(d(2), d(3)));
                 let imm = u64::from(d(4)) | u64::from(d(5)) << 32;
                 self.post_sync(view, post, space, addr, imm, true)?;
             }
@@ -628,7 +656,7 @@ impl<'a> Exec<'a> {
 
     fn semaphore_wait(&mut self, view: &mut MemView<'a>, cmd: &[u32]) -> Result<Flow, Stop> {
         let d = |i: usize| cmd.get(i).copied().unwrap_or(0);
-        let (space, addr, sdd) = (space_of(d(0) & (1 << 22) != 0), addr64(d(2), d(3)), d(1));
+        let (space, addr, sdd) = (space_of(d(0) & (1 << 22) != 0 && self.privileged), addr64(d(2), d(3)), d(1));
         let op = (d(0) >> 12) & 7;
         self.charge(self.cost.mi_ns, "MI_SEMAPHORE_WAIT")?;
         loop {
@@ -657,7 +685,7 @@ impl<'a> Exec<'a> {
     fn atomic(&mut self, view: &mut MemView<'a>, cmd: &[u32]) -> Result<(), Stop> {
         let d = |i: usize| cmd.get(i).copied().unwrap_or(0);
         let dw0 = d(0);
-        let (space, addr) = (space_of(dw0 & (1 << 22) != 0), addr64(d(1), d(2)));
+        let (space, addr) = (space_of(dw0 & (1 << 22) != 0 && self.privileged), addr64(d(1), d(2)));
         let op = (dw0 >> 8) & 0xff;
         let size = match op >> 4 {
             0 => 4usize,

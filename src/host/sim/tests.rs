@@ -440,18 +440,25 @@ fn register_loads_of_the_roots_and_ring_take_effect_when_executed() {
 }
 
 #[test]
-fn non_privileged_batches_cannot_write_privileged_registers() {
+fn non_privileged_batches_cannot_do_what_privileged_ones_can() {
     let mut r = rig(Engine::Bcs);
     let bcs = Engine::Bcs.mmio_base();
     let mut b = CmdBuf::new();
-    b.lri(&[(bcs + reg::GPR0, 7), (bcs + reg::HWS_PGA, 0x1234_5000), (crate::hw::reg::GDRST, 1)]).bb_end();
+    b.lri(&[(bcs + reg::GPR0, 7)]); // allowed: a general-purpose register
+    b.lri(&[(bcs + reg::GPR0 + 8, 8), (bcs + reg::HWS_PGA, 0x1234_5000)]); // one register is not
+    b.lri(&[(crate::hw::reg::GDRST, 1)]);
+    b.store_dword(Ggtt, WIN + 0x800, 5); // a global-GTT store
+    b.store_dword(Ppgtt, VA + 0x800, 6);
+    b.bb_end();
     r.guest.write_slice(&b.to_bytes(), GuestAddress(VA_GPA + 0x1000)).unwrap();
     let mut ring = CmdBuf::new();
     ring.bb_start(Ppgtt, VA + 0x1000, false);
     let rep = r.run(ring.align_qword()).unwrap();
-    assert_eq!(rep.dropped_register_writes, 2);
-    assert_eq!(r.reg(reg::GPR0), 7, "a general-purpose register is the batch's to write");
-    assert_eq!(r.reg(reg::HWS_PGA), 0);
+    assert_eq!(rep.privilege_violations, 3);
+    assert_eq!(r.reg(reg::GPR0), 7);
+    assert_eq!((r.reg(reg::GPR0 + 8), r.reg(reg::HWS_PGA)), (0, 0), "the whole load became MI_NOOP");
+    assert_eq!(r.ggtt32(WIN + 0x800), 0);
+    assert_eq!(r.ppgtt32(VA + 0x800), 6);
     assert!(r.gpu.stream_register_writes().is_empty());
     // The same commands from a privileged (GGTT) batch take effect, GPU-wide.
     r.put(WIN + 0x1_0000, &b);
@@ -459,7 +466,7 @@ fn non_privileged_batches_cannot_write_privileged_registers() {
     ring.bb_start(Ggtt, WIN + 0x1_0000, false);
     let e = r.run(ring.align_qword()).unwrap_err();
     assert!(matches!(&e, HostError::Fault { why, .. } if why.contains("GDRST")), "{e}");
-    assert_eq!(r.reg(reg::HWS_PGA), 0x1234_5000);
+    assert_eq!((r.reg(reg::GPR0 + 8), r.reg(reg::HWS_PGA)), (8, 0x1234_5000));
     let w = r.gpu.stream_register_writes();
     assert_eq!(w, vec![StreamWrite { engine: Engine::Bcs, reg: crate::hw::reg::GDRST, value: 1 }]);
 }

@@ -3,7 +3,6 @@
 //! and offset, and reset. This is the one place a VMM integrates; `mdev::vfio_user` serves the
 //! same interface over a socket.
 
-use std::io::Write;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
@@ -11,6 +10,7 @@ use parking_lot::Mutex;
 use vm_memory::GuestAddressSpace;
 
 use super::manager::Shared;
+use super::notify::{EventfdSink, NotifyError};
 use crate::vgpu::cfg::{BAR4_SIZE, CFG_SIZE};
 use crate::vgpu::opregion::OPREGION_SIZE;
 use crate::vgpu::{DeviceError, Vgpu, BAR0_SIZE};
@@ -96,9 +96,13 @@ pub struct IrqInfo {
 
 /// Where an interrupt goes.
 pub enum IrqTrigger {
-    /// A callback (an in-process VMM injects the interrupt).
+    /// A callback (an in-process VMM injects the interrupt). It is called on the thread that
+    /// raises the interrupt (an engine thread shared by every vGPU, or a vCPU), with no lock of
+    /// the device held, so it must not block.
     Callback(Arc<dyn Fn() + Send + Sync>),
-    /// An eventfd: the device writes 1 to it (KVM irqfd, or a vfio-user client's eventfd).
+    /// An eventfd (KVM irqfd, or a vfio-user client's eventfd): a thread of the device writes 1
+    /// to it, so a VMM that stops reading it stalls nothing but that thread. Anything but an
+    /// eventfd is refused.
     Eventfd(std::fs::File),
 }
 
@@ -111,13 +115,36 @@ impl std::fmt::Debug for IrqTrigger {
     }
 }
 
-impl IrqTrigger {
-    fn fire(&self) {
+/// A wired interrupt.
+enum Sink {
+    Callback(Arc<dyn Fn() + Send + Sync>),
+    Eventfd(EventfdSink),
+}
+
+impl std::fmt::Debug for Sink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            IrqTrigger::Callback(cb) => cb(),
-            IrqTrigger::Eventfd(file) => {
-                // A full eventfd counter (never read) is the VMM's problem, not a device error.
-                let _ = (&*file).write(&1u64.to_ne_bytes());
+            Sink::Callback(_) => f.write_str("Callback"),
+            Sink::Eventfd(s) => s.fmt(f),
+        }
+    }
+}
+
+impl Sink {
+    fn new(trigger: IrqTrigger, name: String) -> Result<Self, NotifyError> {
+        Ok(match trigger {
+            IrqTrigger::Callback(cb) => Sink::Callback(cb),
+            IrqTrigger::Eventfd(file) => Sink::Eventfd(EventfdSink::new(file, name)?),
+        })
+    }
+
+    /// Raises the interrupt, or returns the callback to call once the wiring lock is released.
+    fn fire(&self) -> Option<Arc<dyn Fn() + Send + Sync>> {
+        match self {
+            Sink::Callback(cb) => Some(cb.clone()),
+            Sink::Eventfd(s) => {
+                s.signal();
+                None
             }
         }
     }
@@ -150,23 +177,38 @@ pub enum MdevError {
     /// The device refused the access.
     #[error(transparent)]
     Device(#[from] DeviceError),
+    /// An interrupt trigger was refused.
+    #[error(transparent)]
+    Irq(#[from] NotifyError),
 }
 
 #[derive(Debug, Default)]
 struct Wiring {
-    msi: Option<IrqTrigger>,
-    intx: Option<IrqTrigger>,
+    msi: Option<Sink>,
+    intx: Option<Sink>,
     intx_masked: bool,
 }
 
 impl Wiring {
-    fn fire(&mut self) {
+    /// Raises the wired interrupt (MSI, else INTx while unmasked); returns a callback to call
+    /// after the wiring lock is released.
+    fn fire(&mut self) -> Option<Arc<dyn Fn() + Send + Sync>> {
         if let Some(m) = &self.msi {
-            m.fire();
+            m.fire()
         } else if let (Some(i), false) = (&self.intx, self.intx_masked) {
-            i.fire();
             self.intx_masked = true;
+            i.fire()
+        } else {
+            None
         }
+    }
+}
+
+/// Raises `wiring`'s interrupt; a callback runs with no lock held.
+fn fire(wiring: &Mutex<Wiring>) {
+    let callback = wiring.lock().fire();
+    if let Some(cb) = callback {
+        cb();
     }
 }
 
@@ -224,7 +266,7 @@ where
     pub(crate) fn new(vgpu: Vgpu<A>, manager: Option<Arc<Shared>>) -> Self {
         let wiring: Arc<Mutex<Wiring>> = Arc::default();
         let w = wiring.clone();
-        vgpu.set_interrupt_sink(Some(Arc::new(move || w.lock().fire())));
+        vgpu.set_interrupt_sink(Some(Arc::new(move || fire(&w))));
         let id = vgpu.params().id;
         MdevDevice { vgpu, wiring, io_index: AtomicU32::new(0), _release: Release { manager, id } }
     }
@@ -355,6 +397,11 @@ where
     /// Wires interrupt `index` (INTx or MSI) to `trigger`, or unwires it with `None`. With MSI
     /// wired, interrupts go there; otherwise to INTx while it is unmasked.
     pub fn set_irq(&self, index: u32, trigger: Option<IrqTrigger>) -> Result<(), MdevError> {
+        if index != IRQ_INTX && index != IRQ_MSI {
+            return Err(MdevError::NoIrq(index));
+        }
+        let name = format!("sgpu-irq{}-{index}", self.vgpu.params().id);
+        let trigger = trigger.map(|t| Sink::new(t, name)).transpose()?;
         let mut w = self.wiring.lock();
         match index {
             IRQ_INTX => {
@@ -370,14 +417,17 @@ where
     /// Fires interrupt `index`'s trigger once, whatever the device's state (VFIO's "trigger with
     /// no data", used by VMMs to test the wiring).
     pub fn fire_irq(&self, index: u32) {
-        let w = self.wiring.lock();
-        let t = match index {
-            IRQ_MSI => w.msi.as_ref(),
-            IRQ_INTX => w.intx.as_ref(),
-            _ => None,
+        let callback = {
+            let w = self.wiring.lock();
+            match index {
+                IRQ_MSI => w.msi.as_ref(),
+                IRQ_INTX => w.intx.as_ref(),
+                _ => None,
+            }
+            .and_then(Sink::fire)
         };
-        if let Some(t) = t {
-            t.fire();
+        if let Some(cb) = callback {
+            cb();
         }
     }
 
@@ -390,7 +440,7 @@ where
         };
         // Level semantics: a still-asserted interrupt fires again on unmask.
         if fire && self.vgpu.irq_asserted() {
-            self.wiring.lock().fire();
+            self::fire(&self.wiring);
         }
     }
 

@@ -4,6 +4,9 @@
 
 pub mod device;
 pub mod manager;
+#[cfg(feature = "vfio-user")]
+pub mod memguard;
+pub mod notify;
 pub mod types;
 #[cfg(feature = "vfio-user")]
 pub mod vfio_user;

@@ -12,7 +12,10 @@
 //! Every message is guest-controlled input from the VMM's side: a guest access the device
 //! refuses is logged and answered as the hardware would (reads return zeros), never turned into
 //! a failed reply the client would drop the connection over. A map whose file is shorter than
-//! the mapped range is refused (touching it would fault the server).
+//! the mapped range is refused (touching it would fault the server). A client that shrinks its
+//! file after mapping it cannot bring the server down: maps are guarded (`mdev::memguard`), the
+//! faulting access completes on a zero page, and the client's connection ends at its next
+//! message, with its device reset; other clients see nothing of it.
 
 use std::fs::File;
 use std::os::unix::net::UnixStream;
@@ -23,14 +26,15 @@ use std::thread::JoinHandle;
 
 use vfio_bindings::bindings::vfio::vfio_region_info;
 use vfio_user::{DmaMapFlags, DmaUnmapFlags, IrqInfo as VuIrqInfo, Server, ServerBackend, ServerRegion};
-use vm_memory::{FileOffset, GuestAddress, GuestMemoryAtomic, GuestMemoryMmap, GuestRegionMmap, MmapRegion};
+use vm_memory::{GuestAddress, GuestMemoryAtomic, GuestMemoryBackend, GuestMemoryMmap};
 
 use super::device::{IrqTrigger, MdevDevice, IRQ_INTX, IRQ_MSI, NUM_IRQS, NUM_REGIONS};
 use super::manager::{GpuManager, ManagerError};
+use super::memguard::{self, ClientMapping};
 use crate::vgpu::UnknownReg;
 
 /// Guest memory as a served vGPU sees it: replaced as the client maps and unmaps.
-pub type ServedMemory = GuestMemoryAtomic<GuestMemoryMmap<()>>;
+pub type ServedMemory = GuestMemoryAtomic<GuestMemoryMmap<ClientMapping>>;
 
 const IRQ_SET_DATA_NONE: u32 = 1;
 const IRQ_SET_DATA_EVENTFD: u32 = 4;
@@ -65,6 +69,8 @@ pub struct ServedStats {
     pub mapped_regions: AtomicU64,
     /// DMA maps without a file descriptor (accepted, never touched) currently recorded.
     pub unbacked_maps: AtomicU64,
+    /// Clients disconnected because their memory faulted (they shrank a mapped file).
+    pub memory_faults: AtomicU64,
 }
 
 /// One socket being served.
@@ -218,14 +224,29 @@ impl Backend {
     /// regions.
     fn update_memory(
         &self,
-        change: impl FnOnce(&GuestMemoryMmap<()>) -> Result<GuestMemoryMmap<()>, std::io::Error>,
+        change: impl FnOnce(
+            &GuestMemoryMmap<ClientMapping>,
+        ) -> Result<GuestMemoryMmap<ClientMapping>, std::io::Error>,
     ) -> Result<(), std::io::Error> {
         let g = self.mem.lock().map_err(|_| io_err("memory map lock poisoned".into()))?;
         let new = change(&vm_memory::GuestAddressSpace::memory(&self.mem))?;
-        let n = vm_memory::GuestMemoryBackend::num_regions(&new) as u64;
+        let n = new.num_regions() as u64;
         g.replace(new);
         self.stats.mapped_regions.store(n, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// Fails if the client's memory faulted since it was mapped (the client shrank a file it
+    /// mapped): the connection then ends, which resets the device and drops its memory.
+    fn check_memory(&self) -> Result<(), std::io::Error> {
+        let faults: u64 = vm_memory::GuestAddressSpace::memory(&self.mem).iter().map(|r| r.bitmap().faults()).sum();
+        if faults == 0 {
+            return Ok(());
+        }
+        self.stats.memory_faults.fetch_add(1, Ordering::Relaxed);
+        let why = format!("guest memory shrank under the server ({faults} faulting accesses): dropping the client");
+        log(&format!("vGPU {}: {why}", self.id()));
+        Err(std::io::Error::other(why))
     }
 
     /// Records the untracked registers touched so far, before a reset clears their values.
@@ -269,6 +290,7 @@ impl Backend {
 
 impl ServerBackend for Backend {
     fn region_read(&mut self, region: u32, offset: u64, data: &mut [u8]) -> Result<(), std::io::Error> {
+        self.check_memory()?;
         if let Err(e) = self.dev.read(region, offset, data) {
             if matches!(e, super::MdevError::NoRegion(_) | super::MdevError::OutOfRange { .. }) {
                 return Err(io_err(e.to_string()));
@@ -282,6 +304,7 @@ impl ServerBackend for Backend {
     }
 
     fn region_write(&mut self, region: u32, offset: u64, data: &[u8]) -> Result<(), std::io::Error> {
+        self.check_memory()?;
         if self.trace {
             log(&format!("vGPU {}: W {region} {offset:#08x} {:#x}/{}", self.id(), trace_value(data), data.len()));
         }
@@ -302,6 +325,7 @@ impl ServerBackend for Backend {
         size: u64,
         fd: Option<File>,
     ) -> Result<(), std::io::Error> {
+        self.check_memory()?;
         if size == 0 || address.checked_add(size).is_none() {
             return Err(io_err(format!("DMA map of {size:#x} bytes at {address:#x}")));
         }
@@ -316,15 +340,14 @@ impl ServerBackend for Backend {
                 "DMA map: {size:#x} bytes at file offset {offset:#x} exceed the file ({len:#x})"
             )));
         }
-        let size_us = usize::try_from(size).map_err(|_| io_err("DMA map too large".into()))?;
-        let mmap = MmapRegion::from_file(FileOffset::new(file, offset), size_us).map_err(|e| io_err(e.to_string()))?;
-        let region = GuestRegionMmap::new(mmap, GuestAddress(address)).ok_or_else(|| io_err("DMA map wraps".into()))?;
+        let region = memguard::map_file(&file, offset, size, address).map_err(|e| io_err(format!("DMA map: {e}")))?;
         self.update_memory(|m| {
             m.insert_region(Arc::new(region)).map_err(|e| io_err(format!("DMA map at {address:#x}: {e}")))
         })
     }
 
     fn dma_unmap(&mut self, _flags: DmaUnmapFlags, address: u64, size: u64) -> Result<(), std::io::Error> {
+        self.check_memory()?;
         if let Some(i) = self.unbacked.iter().position(|&(a, s)| a == address && s == size) {
             self.unbacked.swap_remove(i);
             self.stats.unbacked_maps.store(self.unbacked.len() as u64, Ordering::Relaxed);
@@ -338,6 +361,7 @@ impl ServerBackend for Backend {
     }
 
     fn reset(&mut self) -> Result<(), std::io::Error> {
+        self.check_memory()?;
         self.collect_unknown();
         self.dev.reset().map_err(|e| io_err(e.to_string()))
     }
@@ -350,6 +374,7 @@ impl ServerBackend for Backend {
         count: u32,
         fds: Vec<File>,
     ) -> Result<(), std::io::Error> {
+        self.check_memory()?;
         if index != IRQ_INTX && index != IRQ_MSI {
             return if count == 0 { Ok(()) } else { Err(io_err(format!("interrupt index {index} has no vectors"))) };
         }

@@ -9,8 +9,8 @@ use vm_memory::{Bytes, GuestMemory};
 use crate::cmd::{AddrSpace, GmTranslate, GmWindows, RingSpec, PAGE_SIZE};
 use crate::hw::{Engine, Gen};
 
-pub use crate::hw::lrc::{context_size, idx};
 pub(crate) use crate::hw::lrc::has_wa_fields;
+pub use crate::hw::lrc::{context_size, idx};
 
 /// Errors reading a guest context.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]

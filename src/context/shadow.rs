@@ -152,16 +152,7 @@ impl ShadowContext {
             write_template(state, gen, engine);
         }
         let engine_ctx = vec![0u32; engine_context_dwords(gen, engine)];
-        ShadowContext {
-            gen,
-            engine,
-            ring,
-            engine_ctx,
-            clean,
-            last: None,
-            scanned_state: Vec::new(),
-            gpas: Vec::new(),
-        }
+        ShadowContext { gen, engine, ring, engine_ctx, clean, last: None, scanned_state: Vec::new(), gpas: Vec::new() }
     }
 
     /// A shadow context whose clean engine context is [`blank_engine_context`].

@@ -164,23 +164,27 @@ fn patch_root_loads(
             PpgttRoot::L4(_) => &[0],
             PpgttRoot::L3(_) => &[0, 1, 2, 3],
         };
-        let loaded: Vec<usize> = (0..4).filter(|&n| halves.get(n).is_some_and(|h| h.iter().any(Option::is_some))).collect();
+        let loaded: Vec<usize> =
+            (0..4).filter(|&n| halves.get(n).is_some_and(|h| h.iter().any(Option::is_some))).collect();
         if loaded != wanted {
             return Err(refuse("it must load the context's whole root (PDP0 for a PML4, all four PDPs otherwise)"));
         }
         let value = |w: &ScannedWorkload, d: usize| w.buffer(first.buffer)?.dwords.get(d).copied().map(u64::from);
         let guest = root.normalized();
         for &n in wanted {
-            let (Some(lo), Some(hi)) = (halves[n][0], halves[n][1]) else {
+            let Some(&[Some(lo), Some(hi)]) = halves.get(n) else {
                 return Err(refuse("both halves of each PDP must be loaded together"));
             };
-            let v = value(w, lo).zip(value(w, hi)).map(|(l, h)| h << 32 | l).ok_or(refuse("value out of the buffer"))?;
+            let v =
+                value(w, lo).zip(value(w, hi)).map(|(l, h)| h << 32 | l).ok_or(refuse("value out of the buffer"))?;
             let own = match guest {
                 PpgttRoot::L4(a) => a,
                 PpgttRoot::L3(p) => p.get(n).copied().unwrap_or(0),
             };
             if PpgttRoot::L4(v).normalized() != PpgttRoot::L4(own) {
-                return Err(refuse("it names another page table than the context's (batches were scanned through the context's)"));
+                return Err(refuse(
+                    "it names another page table than the context's (batches were scanned through the context's)",
+                ));
             }
             let host = shadow.pdps().get(n).copied().unwrap_or(0);
             if !(w.patch(first.buffer, lo, host as u32) && w.patch(first.buffer, hi, (host >> 32) as u32)) {

@@ -246,7 +246,14 @@ pub fn map_file(file: &File, offset: u64, size: u64, gpa: u64) -> Result<GuestRe
     let page = page_size(file)?;
     // SAFETY: a new shared mapping of the client's file; the kernel picks the address.
     let p = unsafe {
-        libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED, file.as_raw_fd(), off)
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            file.as_raw_fd(),
+            off,
+        )
     };
     if p == libc::MAP_FAILED {
         return Err(os("mmap"));
@@ -307,7 +314,7 @@ mod tests {
         let mem = GuestMemoryMmap::from_regions(vec![region]).unwrap();
         mem.write_obj(0xabcd_u32, GuestAddress(0x10_3000)).unwrap();
         f.set_len(0x1000).unwrap(); // the client shrinks its RAM
-        // The access faults, is absorbed, and completes on a zero page.
+                                    // The access faults, is absorbed, and completes on a zero page.
         assert_eq!(mem.read_obj::<u32>(GuestAddress(0x10_3000)).unwrap(), 0);
         mem.write_obj(7u32, GuestAddress(0x10_2000)).unwrap();
         let faults: u64 = mem.iter().map(|r| r.bitmap().faults()).sum();

@@ -3,7 +3,7 @@
 //!
 //! The file descriptor belongs to the VMM (for vfio-user, to a client that may be hostile): it may
 //! be something else than an eventfd, and an eventfd's counter can be filled so that a write
-//! blocks, with `O_NONBLOCK` cleared again by the other owner of the open file. Interrupts are
+//! blocks (its file status flags are the VMM's to set). Interrupts are
 //! raised on the scheduler's engine threads, which every vGPU shares, so the write happens
 //! elsewhere: [`EventfdSink::signal`] sets a pending flag and wakes one thread per sink, which
 //! writes the eventfd. Signals that arrive while one is pending coalesce (an eventfd counts, and
@@ -85,24 +85,6 @@ fn check_eventfd(file: &File) -> Result<(), NotifyError> {
     }
 }
 
-fn set_nonblocking(file: &File) -> Result<(), NotifyError> {
-    let fd = file.as_raw_fd();
-    // SAFETY: fcntl on a descriptor this `File` owns; F_GETFL/F_SETFL only read and set the open
-    // file's status flags.
-    let r = unsafe {
-        let flags = libc::fcntl(fd, libc::F_GETFL);
-        if flags < 0 {
-            flags
-        } else {
-            libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK)
-        }
-    };
-    if r < 0 {
-        return Err(NotifyError::Setup { fd, why: std::io::Error::last_os_error() });
-    }
-    Ok(())
-}
-
 /// Waits up to `timeout` for `file` to accept a write.
 fn writable(file: &File, timeout: Duration) -> bool {
     let mut p = libc::pollfd { fd: file.as_raw_fd(), events: libc::POLLOUT, revents: 0 };
@@ -114,10 +96,10 @@ fn writable(file: &File, timeout: Duration) -> bool {
 
 impl EventfdSink {
     /// Takes `file` as the sink of one interrupt; `name` names its delivery thread. Refuses what
-    /// is not an eventfd, and sets the eventfd non-blocking.
+    /// is not an eventfd. Its file status flags are left alone: they belong to the VMM too (the
+    /// open file is shared), so the delivery thread polls for room before it writes instead.
     pub fn new(file: File, name: String) -> Result<Self, NotifyError> {
         check_eventfd(&file)?;
-        set_nonblocking(&file)?;
         let inner = Arc::new(Inner {
             file,
             pending: AtomicBool::new(false),
@@ -173,8 +155,9 @@ fn deliver(inner: &Inner, wake: &Receiver<()>) {
                 break;
             }
         }
-        match (&inner.file).write(&1u64.to_ne_bytes()) {
-            Ok(_) => inner.stats.delivered.fetch_add(1, Ordering::Relaxed),
+        // An eventfd write is all or nothing: 8 bytes or an error.
+        match (&inner.file).write_all(&1u64.to_ne_bytes()) {
+            Ok(()) => inner.stats.delivered.fetch_add(1, Ordering::Relaxed),
             Err(_) => inner.stats.refused.fetch_add(1, Ordering::Relaxed),
         };
     }
@@ -195,11 +178,9 @@ mod tests {
         unsafe { File::from_raw_fd(fd) }
     }
 
+    /// The VMM's end: the same open file (a blocking eventfd).
     fn clone_blocking(f: &File) -> File {
-        let c = f.try_clone().unwrap();
-        // SAFETY: clears O_NONBLOCK on a descriptor `c` owns (shared open file, as a VMM's end).
-        unsafe { libc::fcntl(c.as_raw_fd(), libc::F_SETFL, 0) };
-        c
+        f.try_clone().unwrap()
     }
 
     fn read_counter(f: &File) -> u64 {
@@ -236,11 +217,9 @@ mod tests {
     fn a_full_eventfd_never_blocks_the_signalling_thread() {
         let fd = eventfd();
         let vmm = clone_blocking(&fd);
-        // The VMM fills the counter and makes the shared file blocking again.
+        // The VMM fills the counter: a blocking write would now wait until it reads.
         (&vmm).write_all(&(u64::MAX - 1).to_ne_bytes()).unwrap();
         let sink = EventfdSink::new(fd, "t".into()).unwrap();
-        // SAFETY: as in clone_blocking.
-        unsafe { libc::fcntl(vmm.as_raw_fd(), libc::F_SETFL, 0) };
         let sink = Arc::new(sink);
         let (done, finished) = bounded(1);
         let s = sink.clone();

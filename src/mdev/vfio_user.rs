@@ -224,9 +224,7 @@ impl Backend {
     /// regions.
     fn update_memory(
         &self,
-        change: impl FnOnce(
-            &GuestMemoryMmap<ClientMapping>,
-        ) -> Result<GuestMemoryMmap<ClientMapping>, std::io::Error>,
+        change: impl FnOnce(&GuestMemoryMmap<ClientMapping>) -> Result<GuestMemoryMmap<ClientMapping>, std::io::Error>,
     ) -> Result<(), std::io::Error> {
         let g = self.mem.lock().map_err(|_| io_err("memory map lock poisoned".into()))?;
         let new = change(&vm_memory::GuestAddressSpace::memory(&self.mem))?;

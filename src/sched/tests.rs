@@ -142,7 +142,8 @@ fn a_hung_workload_fails_only_its_queue() {
         sched.add_vgpu(id, 4).unwrap();
     }
     let done = Arc::new(AtomicU64::new(0));
-    let ctxs: Vec<_> = (0..4).map(|_| Arc::new(Mutex::new(ShadowContext::with_blank_clean(Gen::Gen9, Engine::Vcs)))).collect();
+    let ctxs: Vec<_> =
+        (0..4).map(|_| Arc::new(Mutex::new(ShadowContext::with_blank_clean(Gen::Gen9, Engine::Vcs)))).collect();
     // vGPU 2: a semaphore nobody signals, then two more jobs.
     let sem = g.context_area(Engine::Vcs) + 0x800;
     let mut hang = CmdBuf::new();

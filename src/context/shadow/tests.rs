@@ -1,7 +1,7 @@
 use super::*;
-use std::sync::Arc;
 use crate::cmd::{GmRange, GmWindows, LinearTranslation, RingSpec, ScanLimits};
 use crate::context::image::RingRegs;
+use std::sync::Arc;
 use vm_memory::GuestMemoryMmap;
 
 /// The vGPU's aperture window: GGTT 0x10_0000.. maps guest 0x0.. linearly.

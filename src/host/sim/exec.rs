@@ -456,7 +456,8 @@ impl<'a> Exec<'a> {
         }
         match desc.handler {
             Handler::Lri => {
-                let mut regs = cmd.get(1..).unwrap_or_default().chunks_exact(2).map(|p| p.first().copied().unwrap_or(0));
+                let mut regs =
+                    cmd.get(1..).unwrap_or_default().chunks_exact(2).map(|p| p.first().copied().unwrap_or(0));
                 (!regs.all(writable)).then_some("register load")
             }
             Handler::Lrr => (!writable(d(2))).then_some("register load"),

@@ -148,6 +148,23 @@ struct EngineObjs {
     batch_next: u64,
 }
 
+/// Where the driver put one engine's objects (for tests that act as a hostile guest).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EngineObjects {
+    /// GGTT address of the context image (the descriptor's LRCA).
+    pub lrca: u64,
+    /// Guest physical address of the context image (page 1 is the register state).
+    pub ctx_gpa: u64,
+    /// GGTT address of the ring.
+    pub ring_gma: u64,
+    /// Guest physical address of the ring.
+    pub ring_gpa: u64,
+    /// GGTT address of the status page.
+    pub hws_gma: u64,
+    /// Guest physical address of the status page.
+    pub hws_gpa: u64,
+}
+
 /// What PVINFO told the driver.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PvInfo {
@@ -445,6 +462,24 @@ impl<B: Bus, M: GuestAddressSpace> Driver<B, M> {
         &self.mem
     }
 
+    /// Where `engine`'s context, ring and status page are.
+    pub fn engine_objects(&self, engine: Engine) -> Result<EngineObjects, GuestError> {
+        let o = self.engines.get(self.objs(engine)?).ok_or(GuestError::NoSpace("engine"))?;
+        Ok(EngineObjects {
+            lrca: o.lrca,
+            ctx_gpa: o.ctx_gpa,
+            ring_gma: o.ring_gma,
+            ring_gpa: o.ring_gpa,
+            hws_gma: o.hws_gma,
+            hws_gpa: o.hws_gpa,
+        })
+    }
+
+    /// The guest physical address of the driver's PML4 (its contexts' page-table root).
+    pub fn pml4(&self) -> u64 {
+        self.pml4
+    }
+
     /// Submits `batch` (ending in MI_BATCH_BUFFER_END) on `engine`: it is copied to the engine's
     /// PPGTT batch area, and the ring gets a start of it, a breadcrumb store to the status page
     /// and a user interrupt. Returns the submission number to [`Driver::wait`] for.
@@ -461,15 +496,23 @@ impl<B: Bus, M: GuestAddressSpace> Driver<B, M> {
         }
         let va = o.batch_va + o.batch_next;
         o.batch_next += len;
+        let gpa = self.ppgtt_gpa(va).ok_or(GuestError::NoSpace("PPGTT"))?;
+        self.mem.memory().write_slice(&bytes, GuestAddress(gpa)).map_err(|_| GuestError::Memory(gpa))?;
+        let mut start = CmdBuf::new();
+        start.bb_start(AddrSpace::Ppgtt, va, false);
+        self.submit_ring(engine, &start)
+    }
+
+    /// Writes `ring` (commands for the ring itself) into `engine`'s ring followed by a breadcrumb
+    /// store and a user interrupt, and submits the context. Returns the submission number.
+    pub fn submit_ring(&mut self, engine: Engine, ring: &CmdBuf) -> Result<u32, GuestError> {
+        let i = self.objs(engine)?;
+        let o = self.engines.get_mut(i).ok_or(GuestError::NoSpace("engine"))?;
         o.seqno = o.seqno.wrapping_add(1);
         let (seqno, hws_gma, ring_gma, ring_gpa, mut tail, lrca, ctx_gpa) =
             (o.seqno, o.hws_gma, o.ring_gma, o.ring_gpa, o.tail, o.lrca, o.ctx_gpa);
-        let gpa = self.ppgtt_gpa(va).ok_or(GuestError::NoSpace("PPGTT"))?;
-        self.mem.memory().write_slice(&bytes, GuestAddress(gpa)).map_err(|_| GuestError::Memory(gpa))?;
-        let mut cmds = CmdBuf::new();
-        cmds.bb_start(AddrSpace::Ppgtt, va, false)
-            .store_dword(AddrSpace::Ggtt, hws_gma + SEQNO_OFFSET, seqno)
-            .user_interrupt();
+        let mut cmds = ring.clone();
+        cmds.store_dword(AddrSpace::Ggtt, hws_gma + SEQNO_OFFSET, seqno).user_interrupt();
         cmds.align_qword();
         let c = cmds.to_bytes();
         if tail + c.len() as u64 > RING_SIZE {

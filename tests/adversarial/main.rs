@@ -1,0 +1,310 @@
+//! Attacks on vGPU isolation, one class per test: an attacker vGPU beside a victim vGPU on one
+//! software GPU. Each test mounts the attack through the attacker's own registers, memory,
+//! command streams and context images, then checks (`World::assert_unharmed`) that nothing of
+//! the victim or the host was reached and that the victim keeps working. docs/security.md maps
+//! each class to the mechanism that closes it.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
+
+mod world;
+
+use shadowgpu::cmd::emit::{CmdBuf, PostSync};
+use shadowgpu::cmd::AddrSpace::{Ggtt, Ppgtt};
+use shadowgpu::hw::lrc::{idx, lri_header, ENGINE_CONTEXT_DWORD};
+use shadowgpu::hw::reg;
+use shadowgpu::hw::Engine;
+use world::*;
+
+const MI_BATCH_BUFFER_END: u32 = 0x0500_0000;
+const INHIBIT: u32 = 0x0001_0001;
+
+/// An unscanned ring in the attacker's own memory that writes the victim's canaries.
+fn evil_ring(w: &mut World) -> (u64, u64) {
+    let (gma, gpa) = w.attacker.g.gm_alloc(PAGE).unwrap();
+    let mut evil = CmdBuf::new();
+    evil.store_dword(Ggtt, w.victim_gtt_canary.0, 0xbad).store_dword(Ggtt, w.victim_hidden_canary.0, 0xbad);
+    evil.align_qword();
+    w.attacker.put(gpa, &evil);
+    (gma, evil.len_bytes())
+}
+
+/// Writes an engine context into the attacker's `e` image that points the ring registers at
+/// `ring` (`len` bytes).
+fn hostile_engine_context(w: &World, e: Engine, ring: u64, len: u64) {
+    let b = e.mmio_base();
+    let lri = [lri_header(4), b + 0x38, ring as u32, b + 0x34, 0, b + 0x30, len as u32, b + 0x3c, 1, MI_BATCH_BUFFER_END];
+    for (k, v) in lri.iter().enumerate() {
+        w.attacker.ctx_state(e, ENGINE_CONTEXT_DWORD + 1 + k, *v);
+    }
+}
+
+#[test]
+fn class1_restore_inhibit_never_loads_an_unscanned_engine_context() {
+    for e in [Engine::Rcs, Engine::Bcs] {
+        let mut w = World::new();
+        let (ring, len) = evil_ring(&mut w);
+        hostile_engine_context(&w, e, ring, len);
+        w.attacker.ctx_state(e, idx::CONTEXT_CONTROL, INHIBIT);
+        let _ = w.attacker.g.submit_ring(e, &CmdBuf::new());
+        w.assert_unharmed();
+    }
+}
+
+#[test]
+fn class1_restore_inhibit_flipped_after_submission_decides_nothing() {
+    // The engine is busy when the attacker submits, so the shadow context is built later; the
+    // attacker clears restore inhibit in between.
+    let mut w = World::new();
+    let e = Engine::Rcs;
+    let (ring, len) = evil_ring(&mut w);
+    hostile_engine_context(&w, e, ring, len);
+    w.attacker.ctx_state(e, idx::CONTEXT_CONTROL, INHIBIT);
+    let gate = w.gate(e);
+    let _ = w.attacker.g.submit_ring(e, &CmdBuf::new());
+    w.attacker.ctx_state(e, idx::CONTEXT_CONTROL, 0x0001_0000);
+    gate.open(&mut w);
+    w.attacker.wait_idle();
+    assert_eq!(w.attacker.stopped(), 1, "the engine context it loads is scanned and refused");
+    w.assert_unharmed();
+}
+
+/// Page tables in the attacker's RAM whose leaf for PPGTT address 0 names the victim's RAM
+/// canary (host addresses, as the GPU would walk them): returns the PML4's host address.
+fn fake_tables(w: &World) -> u64 {
+    let t = RAM - 64 * PAGE;
+    let host = |gpa| w.attacker_host_addr(gpa);
+    let q = |gpa: u64, v: u64| w.attacker.mem.write_obj(v, vm_memory::GuestAddress(gpa)).unwrap();
+    q(t, host(t + PAGE) | 3);
+    q(t + PAGE, host(t + 2 * PAGE) | 3);
+    q(t + 2 * PAGE, host(t + 3 * PAGE) | 3);
+    q(t + 3 * PAGE, w.victim_host_addr(RAM_CANARY) | 3);
+    host(t)
+}
+
+fn root_load(e: Engine, value: u64) -> CmdBuf {
+    let b = e.mmio_base() + reg::ring::PDP0_LDW;
+    let mut c = CmdBuf::new();
+    c.lri(&[(b + 4, (value >> 32) as u32), (b, value as u32)]);
+    c
+}
+
+use vm_memory::Bytes;
+
+#[test]
+fn class2_root_loads_in_the_ring_cannot_name_other_tables() {
+    let mut w = World::new();
+    let e = Engine::Bcs;
+    let pml4 = fake_tables(&w);
+    let mut ring = root_load(e, pml4);
+    ring.store_dword(Ppgtt, 0, 0xbad);
+    assert!(w.attacker.g.submit_ring(e, &ring).is_err(), "refused at submission");
+    assert_eq!(w.attacker.stopped(), 1);
+    w.assert_unharmed();
+}
+
+#[test]
+fn class2_root_loads_in_batches_and_workaround_batches_cannot_name_other_tables() {
+    // A GGTT batch, the indirect-context batch and the per-context batch (render).
+    for case in ["ggtt batch", "indirect context", "per-context batch"] {
+        let mut w = World::new();
+        let e = Engine::Rcs;
+        let pml4 = fake_tables(&w);
+        let mut b = root_load(e, pml4);
+        b.store_dword(Ppgtt, 0, 0xbad).bb_end();
+        let (gma, gpa) = w.attacker.g.gm_alloc(PAGE).unwrap();
+        w.attacker.put(gpa, &b);
+        match case {
+            "ggtt batch" => {
+                let mut ring = CmdBuf::new();
+                ring.bb_start(Ggtt, gma, false);
+                let _ = w.attacker.g.submit_ring(e, &ring);
+            }
+            "indirect context" => {
+                w.attacker.ctx_state(e, idx::INDIRECT_CTX, gma as u32 | 1);
+                let _ = w.attacker.g.submit_ring(e, &CmdBuf::new());
+            }
+            _ => {
+                w.attacker.ctx_state(e, idx::BB_PER_CTX_PTR, gma as u32 | 1);
+                let _ = w.attacker.g.submit_ring(e, &CmdBuf::new());
+            }
+        }
+        w.attacker.wait_idle();
+        assert_eq!(w.attacker.stopped(), 1, "{case}");
+        w.assert_unharmed();
+    }
+}
+
+#[test]
+fn class2_a_root_load_from_a_non_privileged_batch_is_dropped() {
+    let mut w = World::new();
+    let e = Engine::Bcs;
+    let pml4 = fake_tables(&w);
+    let mut b = root_load(e, pml4);
+    let va = w.attacker.g.data_va();
+    b.store_dword(Ppgtt, va, 0x600d).bb_end();
+    let s = w.attacker.g.submit(e, &b).unwrap();
+    w.attacker.g.wait(e, s, T).unwrap();
+    let got = w.attacker.r32(w.attacker.g.ppgtt_gpa(va).unwrap());
+    assert_eq!(got, 0x600d, "the store went through the context's own tables");
+    w.assert_unharmed();
+}
+
+#[test]
+fn class2_the_contexts_own_root_reloaded_as_i915_does_runs() {
+    let mut w = World::new();
+    let e = Engine::Bcs;
+    let own = w.attacker.g.pml4();
+    let va = w.attacker.g.data_va();
+    let mut ring = root_load(e, own);
+    ring.store_dword(Ppgtt, va, 0x1234);
+    let s = w.attacker.g.submit_ring(e, &ring).unwrap();
+    w.attacker.g.wait(e, s, T).unwrap();
+    assert_eq!(w.attacker.r32(w.attacker.g.ppgtt_gpa(va).unwrap()), 0x1234);
+    assert_eq!(w.attacker.stopped(), 0);
+    w.assert_unharmed();
+}
+
+#[test]
+fn class2_root_loads_in_a_context_image_are_refused() {
+    let mut w = World::new();
+    let e = Engine::Vcs;
+    let pml4 = fake_tables(&w);
+    let b = e.mmio_base() + reg::ring::PDP0_LDW;
+    let lri = [lri_header(2), b + 4, (pml4 >> 32) as u32, b, pml4 as u32, MI_BATCH_BUFFER_END];
+    for (k, v) in lri.iter().enumerate() {
+        w.attacker.ctx_state(e, ENGINE_CONTEXT_DWORD + 1 + k, *v);
+    }
+    let mut ring = CmdBuf::new();
+    ring.store_dword(Ppgtt, 0, 0xbad);
+    let _ = w.attacker.g.submit_ring(e, &ring);
+    w.attacker.wait_idle();
+    assert_eq!(w.attacker.stopped(), 1);
+    w.assert_unharmed();
+}
+
+/// Every way a command writes memory or a register, aimed at the victim or the host.
+fn writes_to_victim_or_host(w: &World, e: Engine) -> Vec<(&'static str, CmdBuf)> {
+    let canary = w.victim_gtt_canary.0;
+    let hidden = w.victim_hidden_canary.0;
+    let host = 0x1000; // the host's part of the aperture
+    let mut out = Vec::new();
+    let mut add = |name, f: &dyn Fn(&mut CmdBuf)| {
+        let mut c = CmdBuf::new();
+        f(&mut c);
+        out.push((name, c));
+    };
+    add("store into the victim", &|c| {
+        c.store_dword(Ggtt, canary, 0xbad);
+    });
+    add("store into the victim's hidden window", &|c| {
+        c.store_qword(Ggtt, hidden, 0xbad);
+    });
+    add("store into the host", &|c| {
+        c.store_dword(Ggtt, host, 0xbad);
+    });
+    add("atomic on the victim", &|c| {
+        c.atomic(0x07, 0, Ggtt, canary);
+    });
+    add("copy into the victim", &|c| {
+        c.copy_mem_mem(Ggtt, canary, Ppgtt, 0);
+    });
+    add("register store into the victim", &|c| {
+        c.srm(e.mmio_base() + 0x600, Ggtt, canary);
+    });
+    add("reset the GPU", &|c| {
+        c.lri(&[(reg::GDRST, 1)]);
+    });
+    add("move the status page", &|c| {
+        c.lri(&[(e.mmio_base() + reg::ring::HWS_PGA, canary as u32)]);
+    });
+    add("move the ring", &|c| {
+        c.lri(&[(e.mmio_base() + reg::ring::START, canary as u32)]);
+    });
+    if e == Engine::Rcs {
+        add("post-sync into the victim", &|c| {
+            c.pipe_control(0, PostSync::WriteImmediate, Ggtt, canary, 0xbad, false);
+        });
+        add("post-sync timestamp into the host", &|c| {
+            c.pipe_control(0, PostSync::WriteTimestamp, Ggtt, host, 0, false);
+        });
+        add("post-sync register load of GDRST", &|c| {
+            c.raw(&[0x7a00_0004, 1 << 23 | 1 << 14, reg::GDRST, 0, 1, 0]);
+        });
+    } else {
+        add("flush post-sync into the victim", &|c| {
+            c.flush_dw(PostSync::WriteImmediate, Ggtt, canary, 0xbad, true, false);
+        });
+        add("flush post-sync into the host", &|c| {
+            c.flush_dw(PostSync::WriteImmediate, Ggtt, host, 0xbad, false, false);
+        });
+    }
+    out
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Buffer {
+    Ring,
+    GgttBatch,
+    PpgttBatch,
+    IndirectContext,
+    PerContextBatch,
+    ContextImage,
+}
+
+/// Places `cmds` in the attacker's `buf` on `e` and submits.
+fn mount(w: &mut World, e: Engine, buf: Buffer, cmds: &CmdBuf) {
+    let mut batch = cmds.clone();
+    batch.bb_end();
+    match buf {
+        Buffer::Ring => {
+            let _ = w.attacker.g.submit_ring(e, cmds);
+        }
+        Buffer::PpgttBatch => {
+            let _ = w.attacker.g.submit(e, &batch);
+        }
+        Buffer::GgttBatch | Buffer::IndirectContext | Buffer::PerContextBatch => {
+            let (gma, gpa) = w.attacker.g.gm_alloc(PAGE).unwrap();
+            w.attacker.put(gpa, &batch);
+            let mut ring = CmdBuf::new();
+            match buf {
+                Buffer::GgttBatch => {
+                    ring.bb_start(Ggtt, gma, false);
+                }
+                Buffer::IndirectContext => {
+                    let lines = batch.len_bytes().div_ceil(64) as u32;
+                    w.attacker.ctx_state(e, idx::INDIRECT_CTX, gma as u32 | lines);
+                }
+                _ => w.attacker.ctx_state(e, idx::BB_PER_CTX_PTR, gma as u32 | 1),
+            }
+            let _ = w.attacker.g.submit_ring(e, &ring);
+        }
+        Buffer::ContextImage => {
+            for (k, v) in cmds.dwords.iter().chain([&MI_BATCH_BUFFER_END]).enumerate() {
+                w.attacker.ctx_state(e, ENGINE_CONTEXT_DWORD + 1 + k, *v);
+            }
+            let _ = w.attacker.g.submit_ring(e, &CmdBuf::new());
+        }
+    }
+}
+
+#[test]
+fn stores_post_syncs_and_register_loads_from_every_buffer_kind() {
+    use Buffer::*;
+    let kinds: &[(Engine, &[Buffer])] = &[
+        (Engine::Rcs, &[Ring, GgttBatch, PpgttBatch, IndirectContext, PerContextBatch, ContextImage]),
+        (Engine::Bcs, &[Ring, GgttBatch, PpgttBatch, ContextImage]),
+    ];
+    for &(e, bufs) in kinds {
+        for &buf in bufs {
+            let names: Vec<&str> = writes_to_victim_or_host(&World::new(), e).iter().map(|x| x.0).collect();
+            for (n, name) in names.iter().enumerate() {
+                let mut w = World::new();
+                let cmds = writes_to_victim_or_host(&w, e).swap_remove(n).1;
+                mount(&mut w, e, buf, &cmds);
+                w.attacker.wait_idle();
+                assert!(w.attacker.stopped() <= 1, "{e} {buf:?} {name}");
+                w.assert_unharmed();
+            }
+        }
+    }
+}

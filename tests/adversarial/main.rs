@@ -32,7 +32,8 @@ fn evil_ring(w: &mut World) -> (u64, u64) {
 /// `ring` (`len` bytes).
 fn hostile_engine_context(w: &World, e: Engine, ring: u64, len: u64) {
     let b = e.mmio_base();
-    let lri = [lri_header(4), b + 0x38, ring as u32, b + 0x34, 0, b + 0x30, len as u32, b + 0x3c, 1, MI_BATCH_BUFFER_END];
+    let lri =
+        [lri_header(4), b + 0x38, ring as u32, b + 0x34, 0, b + 0x30, len as u32, b + 0x3c, 1, MI_BATCH_BUFFER_END];
     for (k, v) in lri.iter().enumerate() {
         w.attacker.ctx_state(e, ENGINE_CONTEXT_DWORD + 1 + k, *v);
     }
@@ -63,9 +64,8 @@ fn class1_restore_inhibit_flipped_after_submission_decides_nothing() {
     let _ = w.attacker.g.submit_ring(e, &CmdBuf::new());
     w.attacker.ctx_state(e, idx::CONTEXT_CONTROL, 0x0001_0000);
     gate.open(&mut w);
-    w.attacker.wait_idle();
-    assert_eq!(w.attacker.stopped(), 1, "the engine context it loads is scanned and refused");
     w.assert_unharmed();
+    assert_eq!(w.attacker.stopped(), 1, "the engine context it loads is scanned and refused");
 }
 
 /// Page tables in the attacker's RAM whose leaf for PPGTT address 0 names the victim's RAM
@@ -97,9 +97,10 @@ fn class2_root_loads_in_the_ring_cannot_name_other_tables() {
     let pml4 = fake_tables(&w);
     let mut ring = root_load(e, pml4);
     ring.store_dword(Ppgtt, 0, 0xbad);
-    assert!(w.attacker.g.submit_ring(e, &ring).is_err(), "refused at submission");
-    assert_eq!(w.attacker.stopped(), 1);
+    let r = w.attacker.g.submit_ring(e, &ring);
     w.assert_unharmed();
+    assert!(r.is_err(), "refused at submission");
+    assert_eq!(w.attacker.stopped(), 1);
 }
 
 #[test]
@@ -128,9 +129,8 @@ fn class2_root_loads_in_batches_and_workaround_batches_cannot_name_other_tables(
                 let _ = w.attacker.g.submit_ring(e, &CmdBuf::new());
             }
         }
-        w.attacker.wait_idle();
-        assert_eq!(w.attacker.stopped(), 1, "{case}");
         w.assert_unharmed();
+        assert_eq!(w.attacker.stopped(), 1, "{case}");
     }
 }
 
@@ -177,9 +177,8 @@ fn class2_root_loads_in_a_context_image_are_refused() {
     let mut ring = CmdBuf::new();
     ring.store_dword(Ppgtt, 0, 0xbad);
     let _ = w.attacker.g.submit_ring(e, &ring);
-    w.attacker.wait_idle();
-    assert_eq!(w.attacker.stopped(), 1);
     w.assert_unharmed();
+    assert_eq!(w.attacker.stopped(), 1);
 }
 
 /// Every way a command writes memory or a register, aimed at the victim or the host.
@@ -301,10 +300,128 @@ fn stores_post_syncs_and_register_loads_from_every_buffer_kind() {
                 let mut w = World::new();
                 let cmds = writes_to_victim_or_host(&w, e).swap_remove(n).1;
                 mount(&mut w, e, buf, &cmds);
-                w.attacker.wait_idle();
-                assert!(w.attacker.stopped() <= 1, "{e} {buf:?} {name}");
                 w.assert_unharmed();
+                assert!(w.attacker.stopped() <= 1, "{e} {buf:?} {name}");
             }
         }
     }
+}
+
+#[test]
+fn ggtt_entries_naming_memory_outside_the_guest_reach_only_scratch() {
+    let mut w = World::new();
+    let (gma, _) = w.attacker.g.gm_alloc(2 * PAGE).unwrap();
+    // Far past its RAM, and just past its end with junk flag bits.
+    w.attacker.gtt(gma, (1 << 40) | 1);
+    w.attacker.gtt(gma + PAGE, RAM | 0xff3);
+    let scratch = w.sim.memory().read_pte((gma + PAGE) / PAGE);
+    assert_eq!(scratch & !0xfff, w.sim.memory().read_pte(gma / PAGE) & !0xfff, "both point at the scratch page");
+    let mut ring = CmdBuf::new();
+    ring.store_dword(Ggtt, gma, 0xbad).store_dword(Ggtt, gma + PAGE + 8, 0xbad);
+    let s = w.attacker.g.submit_ring(Engine::Bcs, &ring).unwrap();
+    w.attacker.g.wait(Engine::Bcs, s, T).unwrap();
+    w.assert_unharmed();
+}
+
+#[test]
+fn ppgtt_entries_outside_the_guest_and_tables_that_loop_or_straddle_ram() {
+    let mut w = World::new();
+    let e = Engine::Vcs;
+    let t = RAM - 32 * PAGE;
+    let q = |gpa: u64, v: u64| w.attacker.mem.write_obj(v, vm_memory::GuestAddress(gpa)).unwrap();
+    // PML4[0] -> itself, PML4[1] -> a PDP in the last page of RAM whose entries point past RAM,
+    // PML4[2] -> PDP -> PD -> PT with leaves outside RAM and at the victim's canary address.
+    q(t, t | 3);
+    q(t + 8, (RAM - PAGE) | 3);
+    for i in 0..512 {
+        q(RAM - PAGE + 8 * i, (RAM + i * PAGE) | 3);
+    }
+    q(t + 16, (t + PAGE) | 3);
+    q(t + PAGE, (t + 2 * PAGE) | 3);
+    q(t + 2 * PAGE, (t + 3 * PAGE) | 3);
+    q(t + 3 * PAGE, (RAM + (1 << 30)) | 3);
+    q(t + 3 * PAGE + 8, RAM_CANARY | 3);
+    w.attacker.ctx_state(e, idx::PDP3_UDW + 14, t as u32);
+    let mut ring = CmdBuf::new();
+    for va in [0u64, 1 << 39, 2 << 39, (2 << 39) + PAGE, (1 << 39) + (5 << 30)] {
+        ring.store_dword(Ppgtt, va, 0xbad);
+    }
+    let _ = w.attacker.g.submit_ring(e, &ring);
+    w.assert_unharmed();
+    // The canary-looking leaf is the attacker's own page of that address, not the victim's.
+    assert_eq!(w.attacker.r32(RAM_CANARY), 0xbad);
+}
+
+#[test]
+fn rewriting_ring_batch_and_tables_between_submission_and_run() {
+    let mut w = World::new();
+    let e = Engine::Rcs;
+    let va = w.attacker.g.data_va();
+    let mut b = CmdBuf::new();
+    b.store_dword(Ppgtt, va, 0x600d).bb_end();
+    let gate = w.gate(e);
+    let s = w.attacker.g.submit(e, &b).unwrap();
+    // Everything the submission named is rewritten while the engine is busy with the victim.
+    let o = w.attacker.objs(e);
+    let mut evil = CmdBuf::new();
+    evil.store_dword(Ggtt, w.victim_gtt_canary.0, 0xbad).store_dword(Ggtt, w.victim_hidden_canary.0, 0xbad);
+    let mut ring = evil.clone();
+    ring.noop(32);
+    w.attacker.put(o.ring_gpa, &ring);
+    let mut batch = evil.clone();
+    batch.bb_end();
+    // The batch was copied to the PPGTT batch area's first slot (the driver's first submit).
+    let batch_gpa = w.attacker.g.ppgtt_gpa(shadowgpu::guest::PPGTT_VA).unwrap();
+    w.attacker.put(batch_gpa, &batch);
+    // The page tables now map the batch's address onto the ring page.
+    let pt = w.attacker.g.pml4() + 3 * PAGE;
+    w.attacker.mem.write_obj(o.ring_gpa | 3, vm_memory::GuestAddress(pt)).unwrap();
+    gate.open(&mut w);
+    w.attacker.g.wait(e, s, T).unwrap();
+    w.assert_unharmed();
+    assert_eq!(w.attacker.r32(w.attacker.g.ppgtt_gpa(va).unwrap()), 0x600d, "what ran is what was submitted");
+}
+
+#[test]
+fn rewriting_the_context_between_submission_and_run_is_seen_and_scanned() {
+    // The engine reads a context image when it loads it, so a rewrite before then is what it
+    // would load: scanned then, and refused.
+    let mut w = World::new();
+    let e = Engine::Rcs;
+    let gate = w.gate(e);
+    let _ = w.attacker.g.submit_ring(e, &CmdBuf::new());
+    let (ring, len) = evil_ring(&mut w);
+    hostile_engine_context(&w, e, ring, len);
+    gate.open(&mut w);
+    w.assert_unharmed();
+    assert_eq!(w.attacker.stopped(), 1);
+}
+
+#[test]
+fn interrupt_sinks_that_are_not_eventfds_or_never_read_cost_nobody_else() {
+    use std::os::fd::FromRawFd;
+    let mut w = World::new();
+    // A pipe is refused.
+    let mut fds = [0; 2];
+    // SAFETY: pipe fills two fresh descriptors, owned below.
+    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+    // SAFETY: fresh descriptors.
+    let (r, _wr) = unsafe { (std::fs::File::from_raw_fd(fds[0]), std::fs::File::from_raw_fd(fds[1])) };
+    let refused = w.attacker.dev.set_irq(shadowgpu::mdev::IRQ_MSI, Some(shadowgpu::mdev::IrqTrigger::Eventfd(r)));
+    assert!(refused.is_err());
+    // An eventfd whose counter is full and that is never read: the attacker's interrupts pile up
+    // there while the victim's work and interrupts go on.
+    // SAFETY: eventfd returns a fresh descriptor (checked).
+    let fd = unsafe { libc::eventfd(0, 0) };
+    assert!(fd >= 0);
+    // SAFETY: fresh descriptor.
+    let efd = unsafe { std::fs::File::from_raw_fd(fd) };
+    std::io::Write::write_all(&mut &efd, &(u64::MAX - 1).to_ne_bytes()).unwrap();
+    w.attacker.dev.set_irq(shadowgpu::mdev::IRQ_MSI, Some(shadowgpu::mdev::IrqTrigger::Eventfd(efd))).unwrap();
+    for _ in 0..50 {
+        let mut b = CmdBuf::new();
+        b.user_interrupt().bb_end();
+        w.attacker.g.submit(Engine::Rcs, &b).unwrap();
+    }
+    w.assert_unharmed();
 }

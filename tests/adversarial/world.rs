@@ -110,7 +110,7 @@ impl Vm {
 
 pub struct World {
     pub sim: Arc<SimGpu>,
-    pub gpu: GpuManager,
+    _gpu: GpuManager,
     pub attacker: Vm,
     pub victim: Vm,
     /// Victim aperture and hidden canaries: (graphics address, guest physical address).
@@ -146,7 +146,7 @@ impl World {
         let ggtt = (0..entries).map(|i| sim.memory().read_pte(i)).collect();
         World {
             sim,
-            gpu,
+            _gpu: gpu,
             attacker,
             victim,
             victim_gtt_canary: gtt,

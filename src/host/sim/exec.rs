@@ -676,10 +676,7 @@ impl<'a> Exec<'a> {
             }
             // Another engine or the CPU may signal: let them run between polls.
             self.charge(self.cost.semaphore_poll_ns, "MI_SEMAPHORE_WAIT that is never signalled")?;
-            let ppgtt = self.ppgtt;
-            let old = std::mem::replace(view, self.mem.view(ppgtt));
-            self.mem.finish(old);
-            std::thread::yield_now();
+            self.mem.pause(view, std::thread::yield_now);
         }
     }
 

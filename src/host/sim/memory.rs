@@ -302,6 +302,22 @@ impl SimMemory {
         }
     }
 
+    /// Lets go of `view`'s locks while `f` runs (applying its host-page writes first), so others
+    /// (the host writing GGTT entries, other engines) make progress while an engine waits, as a
+    /// semaphore wait does; the view sees their changes afterwards.
+    pub fn pause<T>(&self, view: &mut MemView<'_>, f: impl FnOnce() -> T) -> T {
+        let pending = std::mem::take(&mut view.pending);
+        let MemView { guests, arena, ggtt, .. } = view;
+        RwLockReadGuard::unlocked(guests, || {
+            RwLockReadGuard::unlocked(arena, || {
+                RwLockReadGuard::unlocked(ggtt, || {
+                    self.apply(pending);
+                    f()
+                })
+            })
+        })
+    }
+
     /// Ends a view, applying its host-page writes.
     pub fn finish(&self, view: MemView<'_>) {
         let MemView { guests, arena, ggtt, pending, .. } = view;

@@ -17,30 +17,31 @@
 //! faulting access completes on a zero page, and the client's connection ends at its next
 //! message, with its device reset; other clients see nothing of it.
 
+pub mod conn;
+pub mod wire;
+
 use std::fs::File;
-use std::os::unix::net::UnixStream;
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use vfio_bindings::bindings::vfio::vfio_region_info;
-use vfio_user::{DmaMapFlags, DmaUnmapFlags, IrqInfo as VuIrqInfo, Server, ServerBackend, ServerRegion};
 use vm_memory::{GuestAddress, GuestMemoryAtomic, GuestMemoryBackend, GuestMemoryMmap};
 
 use super::device::{IrqTrigger, MdevDevice, IRQ_INTX, IRQ_MSI, NUM_IRQS, NUM_REGIONS};
 use super::manager::{GpuManager, ManagerError};
 use super::memguard::{self, ClientMapping};
 use crate::vgpu::UnknownReg;
+use conn::Refusal;
 
 /// Guest memory as a served vGPU sees it: replaced as the client maps and unmaps.
 pub type ServedMemory = GuestMemoryAtomic<GuestMemoryMmap<ClientMapping>>;
 
-const IRQ_SET_DATA_NONE: u32 = 1;
-const IRQ_SET_DATA_EVENTFD: u32 = 4;
-const IRQ_SET_ACTION_MASK: u32 = 8;
-const IRQ_SET_ACTION_UNMASK: u32 = 16;
-const IRQ_SET_ACTION_TRIGGER: u32 = 32;
+use wire::{
+    IRQ_SET_ACTION_MASK, IRQ_SET_ACTION_TRIGGER, IRQ_SET_ACTION_UNMASK, IRQ_SET_DATA_BOOL, IRQ_SET_DATA_EVENTFD,
+    IRQ_SET_DATA_NONE,
+};
 
 /// Errors of the vfio-user server.
 #[derive(Debug, thiserror::Error)]
@@ -119,50 +120,38 @@ impl Served {
 pub fn serve(manager: &GpuManager, socket: &Path, ty: &str, once: bool) -> Result<Served, VfioUserError> {
     let mem = ServedMemory::new(GuestMemoryMmap::new());
     let dev = manager.create(ty, mem.clone())?;
-    let regions = (0..NUM_REGIONS)
-        .map(|i| {
-            let r = dev.region_info(i);
-            let info = vfio_region_info {
-                argsz: std::mem::size_of::<vfio_region_info>() as u32,
-                index: i,
-                size: r.as_ref().map_or(0, |r| r.size),
-                flags: r.map_or(0, |r| r.flags.bits()),
-                ..Default::default()
-            };
-            ServerRegion { region_info: info, sparse_areas: Vec::new(), mmap_fd: None }
-        })
-        .collect();
-    let irqs = (0..NUM_IRQS)
-        .filter_map(|i| dev.irq_info(i))
-        .map(|i| VuIrqInfo { index: i.index, flags: i.flags.bits(), count: i.count })
-        .collect();
-    let server = Server::new(socket, true, irqs, regions)
-        .map_err(|e| VfioUserError::Socket { path: socket.to_path_buf(), why: e.to_string() })?;
+    let sock_err = |e: std::io::Error| VfioUserError::Socket { path: socket.to_path_buf(), why: e.to_string() };
+    if socket.exists() {
+        return Err(VfioUserError::Socket { path: socket.to_path_buf(), why: "the path exists".into() });
+    }
+    let listener = UnixListener::bind(socket).map_err(sock_err)?;
     let stop = Arc::new(AtomicBool::new(false));
     let stats = Arc::new(ServedStats::default());
     let (st, stp) = (stats.clone(), stop.clone());
+    let path = socket.to_path_buf();
     let thread = std::thread::Builder::new()
         .name(format!("vfio-user {}", socket.display()))
         .spawn(move || {
             let trace = std::env::var_os(TRACE_ENV).is_some_and(|v| v != "0");
-            let mut backend = Backend { dev, mem, unbacked: Vec::new(), stats: st, trace, unknown: Vec::new() };
+            let mut backend = Backend::new(dev, mem, st, trace);
             while !stp.load(Ordering::SeqCst) {
-                // A panic inside the protocol crate on a malformed message ends that connection,
-                // not the server.
-                let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| server.run(&mut backend)));
-                backend.disconnected();
+                let Ok((mut stream, _)) = listener.accept() else { continue };
+                if stp.load(Ordering::SeqCst) {
+                    break;
+                }
+                let r = backend.serve_client(&mut stream);
                 match r {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => log(&format!("vGPU {}: connection ended: {e}", backend.id())),
-                    Err(_) => log(&format!("vGPU {}: malformed message, connection dropped", backend.id())),
+                    Ok(()) => {}
+                    Err(e) => log(&format!("vGPU {}: connection ended: {e}", backend.id())),
                 }
                 if once {
                     break;
                 }
             }
+            let _ = std::fs::remove_file(&path);
             backend.unknown
         })
-        .map_err(|e| VfioUserError::Socket { path: socket.to_path_buf(), why: e.to_string() })?;
+        .map_err(sock_err)?;
     Ok(Served { path: socket.to_path_buf(), stop, thread: Some(thread), stats })
 }
 
@@ -170,11 +159,14 @@ fn log(msg: &str) {
     eprintln!("shadowgpu serve: {msg}");
 }
 
-struct Backend {
+/// The served vGPU and what its current client gave it.
+pub(crate) struct Backend {
     dev: MdevDevice<ServedMemory>,
     mem: ServedMemory,
     unbacked: Vec<(u64, u64)>,
     stats: Arc<ServedStats>,
+    /// The client's memory faulted: every message fails until it disconnects.
+    poisoned: bool,
     /// Log every region access (see [`TRACE_ENV`]).
     trace: bool,
     /// Untracked registers touched by every client so far, with the values they left (collected
@@ -211,6 +203,18 @@ fn io_err(msg: String) -> std::io::Error {
 }
 
 impl Backend {
+    pub(crate) fn new(dev: MdevDevice<ServedMemory>, mem: ServedMemory, stats: Arc<ServedStats>, trace: bool) -> Self {
+        Backend { dev, mem, unbacked: Vec::new(), stats, poisoned: false, trace, unknown: Vec::new() }
+    }
+
+    /// Serves one client until it leaves (or breaks the protocol, or its memory faults), then
+    /// drops everything it gave the device and resets it for the next client.
+    pub(crate) fn serve_client(&mut self, stream: &mut UnixStream) -> Result<(), conn::ConnError> {
+        let r = conn::serve_connection(stream, self);
+        self.disconnected();
+        r
+    }
+
     fn id(&self) -> u32 {
         self.dev.vgpu().params().id
     }
@@ -236,15 +240,17 @@ impl Backend {
 
     /// Fails if the client's memory faulted since it was mapped (the client shrank a file it
     /// mapped): the connection then ends, which resets the device and drops its memory.
-    fn check_memory(&self) -> Result<(), std::io::Error> {
+    fn check_memory(&mut self) -> Result<(), String> {
+        if self.poisoned {
+            return Err("the client's memory faulted".into());
+        }
         let faults: u64 = vm_memory::GuestAddressSpace::memory(&self.mem).iter().map(|r| r.bitmap().faults()).sum();
         if faults == 0 {
             return Ok(());
         }
+        self.poisoned = true;
         self.stats.memory_faults.fetch_add(1, Ordering::Relaxed);
-        let why = format!("guest memory shrank under the server ({faults} faulting accesses): dropping the client");
-        log(&format!("vGPU {}: {why}", self.id()));
-        Err(std::io::Error::other(why))
+        Err(format!("guest memory shrank under the server ({faults} faulting accesses): dropping the client"))
     }
 
     /// Records the untracked registers touched so far, before a reset clears their values.
@@ -281,17 +287,50 @@ impl Backend {
             g.replace(GuestMemoryMmap::new());
         }
         self.unbacked.clear();
+        self.poisoned = false;
         self.stats.mapped_regions.store(0, Ordering::Relaxed);
         self.stats.unbacked_maps.store(0, Ordering::Relaxed);
     }
 }
 
-impl ServerBackend for Backend {
-    fn region_read(&mut self, region: u32, offset: u64, data: &mut [u8]) -> Result<(), std::io::Error> {
-        self.check_memory()?;
+fn refuse(e: impl std::fmt::Display) -> Refusal {
+    Refusal::invalid(e.to_string())
+}
+
+impl conn::Device for Backend {
+    fn counts(&self) -> (u32, u32) {
+        (NUM_REGIONS, NUM_IRQS)
+    }
+
+    fn region_info(&self, index: u32) -> Option<wire::RegionInfo> {
+        if index >= NUM_REGIONS {
+            return None;
+        }
+        let r = self.dev.region_info(index);
+        Some(wire::RegionInfo {
+            argsz: std::mem::size_of::<wire::RegionInfo>() as u32,
+            flags: r.as_ref().map_or(0, |r| r.flags.bits()),
+            index,
+            cap_offset: 0,
+            size: r.map_or(0, |r| r.size),
+            offset: 0,
+        })
+    }
+
+    fn irq_info(&self, index: u32) -> Option<wire::IrqInfo> {
+        let i = self.dev.irq_info(index)?;
+        let argsz = std::mem::size_of::<wire::IrqInfo>() as u32;
+        Some(wire::IrqInfo { argsz, flags: i.flags.bits(), index: i.index, count: i.count })
+    }
+
+    fn healthy(&mut self) -> Result<(), String> {
+        self.check_memory()
+    }
+
+    fn region_read(&mut self, region: u32, offset: u64, data: &mut [u8]) -> Result<(), Refusal> {
         if let Err(e) = self.dev.read(region, offset, data) {
             if matches!(e, super::MdevError::NoRegion(_) | super::MdevError::OutOfRange { .. }) {
-                return Err(io_err(e.to_string()));
+                return Err(refuse(e));
             }
             self.refused("read", &e);
         }
@@ -301,51 +340,44 @@ impl ServerBackend for Backend {
         Ok(())
     }
 
-    fn region_write(&mut self, region: u32, offset: u64, data: &[u8]) -> Result<(), std::io::Error> {
-        self.check_memory()?;
+    fn region_write(&mut self, region: u32, offset: u64, data: &[u8]) -> Result<(), Refusal> {
         if self.trace {
             log(&format!("vGPU {}: W {region} {offset:#08x} {:#x}/{}", self.id(), trace_value(data), data.len()));
         }
         if let Err(e) = self.dev.write(region, offset, data) {
             if matches!(e, super::MdevError::NoRegion(_) | super::MdevError::OutOfRange { .. }) {
-                return Err(io_err(e.to_string()));
+                return Err(refuse(e));
             }
             self.refused("write", &e);
         }
         Ok(())
     }
 
-    fn dma_map(
-        &mut self,
-        _flags: DmaMapFlags,
-        offset: u64,
-        address: u64,
-        size: u64,
-        fd: Option<File>,
-    ) -> Result<(), std::io::Error> {
-        self.check_memory()?;
+    fn dma_map(&mut self, map: &wire::DmaMap, fd: Option<File>) -> Result<(), Refusal> {
+        let (offset, address, size) = (map.offset, map.address, map.size);
         if size == 0 || address.checked_add(size).is_none() {
-            return Err(io_err(format!("DMA map of {size:#x} bytes at {address:#x}")));
+            return Err(Refusal::invalid(format!("DMA map of {size:#x} bytes at {address:#x}")));
         }
         let Some(file) = fd else {
             self.unbacked.push((address, size));
             self.stats.unbacked_maps.store(self.unbacked.len() as u64, Ordering::Relaxed);
             return Ok(());
         };
-        let len = file.metadata()?.len();
+        let len = file.metadata().map_err(refuse)?.len();
         if offset.checked_add(size).is_none_or(|end| end > len) {
-            return Err(io_err(format!(
+            return Err(Refusal::invalid(format!(
                 "DMA map: {size:#x} bytes at file offset {offset:#x} exceed the file ({len:#x})"
             )));
         }
-        let region = memguard::map_file(&file, offset, size, address).map_err(|e| io_err(format!("DMA map: {e}")))?;
+        let region = memguard::map_file(&file, offset, size, address).map_err(|e| refuse(format!("DMA map: {e}")))?;
         self.update_memory(|m| {
             m.insert_region(Arc::new(region)).map_err(|e| io_err(format!("DMA map at {address:#x}: {e}")))
         })
+        .map_err(refuse)
     }
 
-    fn dma_unmap(&mut self, _flags: DmaUnmapFlags, address: u64, size: u64) -> Result<(), std::io::Error> {
-        self.check_memory()?;
+    fn dma_unmap(&mut self, unmap: &wire::DmaUnmap) -> Result<(), Refusal> {
+        let (address, size) = (unmap.address, unmap.size);
         if let Some(i) = self.unbacked.iter().position(|&(a, s)| a == address && s == size) {
             self.unbacked.swap_remove(i);
             self.stats.unbacked_maps.store(self.unbacked.len() as u64, Ordering::Relaxed);
@@ -356,30 +388,30 @@ impl ServerBackend for Backend {
                 .map(|(new, _)| new)
                 .map_err(|e| io_err(format!("DMA unmap {address:#x}: {e}")))
         })
+        .map_err(refuse)
     }
 
-    fn reset(&mut self) -> Result<(), std::io::Error> {
-        self.check_memory()?;
+    fn reset(&mut self) -> Result<(), Refusal> {
         self.collect_unknown();
-        self.dev.reset().map_err(|e| io_err(e.to_string()))
+        self.dev.reset().map_err(refuse)
     }
 
-    fn set_irqs(
-        &mut self,
-        index: u32,
-        flags: u32,
-        start: u32,
-        count: u32,
-        fds: Vec<File>,
-    ) -> Result<(), std::io::Error> {
-        self.check_memory()?;
+    fn set_irqs(&mut self, set: &wire::SetIrqs, fds: Vec<File>) -> Result<(), Refusal> {
+        let (index, flags, start, count) = (set.index, set.flags, set.start, set.count);
         if index != IRQ_INTX && index != IRQ_MSI {
-            return if count == 0 { Ok(()) } else { Err(io_err(format!("interrupt index {index} has no vectors"))) };
+            return if count == 0 {
+                Ok(())
+            } else {
+                Err(Refusal::invalid(format!("interrupt index {index} has no vectors")))
+            };
         }
         if start != 0 || count > 1 {
-            return Err(io_err(format!("interrupt {index}: vectors {start}+{count} (one vector only)")));
+            return Err(Refusal::invalid(format!("interrupt {index}: vectors {start}+{count} (one vector only)")));
         }
-        let e = |r: Result<(), super::MdevError>| r.map_err(|e| io_err(e.to_string()));
+        if flags & IRQ_SET_DATA_BOOL != 0 {
+            return Err(Refusal::invalid("boolean interrupt data is not supported"));
+        }
+        let e = |r: Result<(), super::MdevError>| r.map_err(refuse);
         match (flags & 0x38, flags & 0x7) {
             (IRQ_SET_ACTION_TRIGGER, IRQ_SET_DATA_EVENTFD) => {
                 let t = if count == 0 { None } else { fds.into_iter().next().map(IrqTrigger::Eventfd) };
@@ -399,7 +431,7 @@ impl ServerBackend for Backend {
                 self.dev.mask_intx(false);
                 Ok(())
             }
-            _ => Err(io_err(format!("interrupt {index}: unsupported SET_IRQS flags {flags:#x}"))),
+            _ => Err(Refusal::invalid(format!("interrupt {index}: unsupported SET_IRQS flags {flags:#x}"))),
         }
     }
 }

@@ -25,7 +25,7 @@ use vm_memory::mmap::MmapRegionBuilder;
 use vm_memory::{GuestAddress, GuestRegionMmap};
 
 /// Client mappings that can be registered at once.
-const SLOTS: usize = 1024;
+const SLOTS: usize = 8192;
 /// statfs magic of hugetlbfs.
 const HUGETLBFS_MAGIC: i64 = 0x9584_58f6;
 

@@ -189,6 +189,16 @@ fn dispatch(dev: &mut dyn Device, h: &Header, body: &[u8], mut fds: Vec<File>) -
     match h.command {
         cmd::VERSION => {
             wire::parse::<wire::Version>(body).ok_or_else(short)?;
+            // The client's capabilities: a NUL-terminated string, if any. The server's do not
+            // depend on them.
+            let caps = body.get(std::mem::size_of::<wire::Version>()..).unwrap_or_default();
+            if let Some((0, text)) = caps.split_last().map(|(l, t)| (*l, t)) {
+                if text.contains(&0) || std::str::from_utf8(text).is_err() {
+                    return Err(Refusal::invalid("VERSION capabilities are not one UTF-8 string"));
+                }
+            } else if !caps.is_empty() {
+                return Err(Refusal::invalid("VERSION capabilities are not NUL-terminated"));
+            }
             let mut out = wire::Version { major: 0, minor: 0 }.as_bytes().to_vec();
             out.extend_from_slice(capabilities().as_bytes());
             out.push(0);

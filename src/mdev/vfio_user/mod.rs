@@ -35,6 +35,10 @@ use super::memguard::{self, ClientMapping};
 use crate::vgpu::UnknownReg;
 use conn::Refusal;
 
+/// Most DMA maps one client may hold (with and without a file): a VMM maps a handful of RAM
+/// and ROM regions.
+pub const MAX_MAPS: usize = 256;
+
 /// Guest memory as a served vGPU sees it: replaced as the client maps and unmaps.
 pub type ServedMemory = GuestMemoryAtomic<GuestMemoryMmap<ClientMapping>>;
 
@@ -357,6 +361,10 @@ impl conn::Device for Backend {
         let (offset, address, size) = (map.offset, map.address, map.size);
         if size == 0 || address.checked_add(size).is_none() {
             return Err(Refusal::invalid(format!("DMA map of {size:#x} bytes at {address:#x}")));
+        }
+        let maps = self.unbacked.len() + vm_memory::GuestAddressSpace::memory(&self.mem).num_regions();
+        if maps >= MAX_MAPS {
+            return Err(Refusal { errno: libc::ENOSPC, why: format!("more than {MAX_MAPS} DMA maps") });
         }
         let Some(file) = fd else {
             self.unbacked.push((address, size));

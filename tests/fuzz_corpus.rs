@@ -14,6 +14,9 @@ fn targets() -> Vec<(&'static str, Target)> {
         ("ggtt", shadowgpu::mm::fuzzing::ggtt_bytes),
         ("ppgtt", shadowgpu::mm::fuzzing::ppgtt_bytes),
         ("device", shadowgpu::vgpu::fuzzing::device_bytes),
+        ("context", shadowgpu::context::fuzzing::image_bytes),
+        #[cfg(feature = "vfio-user")]
+        ("vfio_user", shadowgpu::mdev::vfio_user::fuzzing::messages_bytes),
     ]
 }
 
@@ -52,6 +55,9 @@ fn write_seed_corpus() {
         ("ggtt", ggtt),
         ("ppgtt", ppgtt),
         ("device", shadowgpu::vgpu::fuzzing::seeds()),
+        ("context", shadowgpu::context::fuzzing::seeds()),
+        #[cfg(feature = "vfio-user")]
+        ("vfio_user", shadowgpu::mdev::vfio_user::fuzzing::seeds()),
     ];
     for (name, seeds) in sets {
         for (i, s) in seeds.iter().enumerate() {

@@ -114,6 +114,9 @@ pub enum Reason {
         /// The value written.
         value: u32,
     },
+    /// A combination of fields the hardware does not define.
+    #[error("undefined: {0}")]
+    Undefined(&'static str),
     /// A command that is never allowed from a guest.
     #[error("privileged command: {0}")]
     Privileged(&'static str),

@@ -380,7 +380,11 @@ where
             self.patched();
         }
         if dw1 & PC_LRI_POST_SYNC != 0 {
-            // The address dword names a register that receives the immediate data.
+            // The address dword names a register that receives the immediate data; the PRM
+            // requires the memory post-sync operation to be "no write" then.
+            if (dw1 >> 14) & 3 != 0 {
+                return Err(Reason::Undefined("PIPE_CONTROL with both a register and a memory post-sync write"));
+            }
             self.register(dw(cmd, 2) & REG_OFFSET_MASK, RegAccess::Write)?;
             return Ok(Flow::Next);
         }

@@ -1,6 +1,7 @@
 //! Logical ring contexts: reading the guest's context image, building the shadow context from it
 //! and writing results back after completion.
 
+pub mod fuzzing;
 pub mod image;
 pub mod shadow;
 

@@ -603,8 +603,9 @@ impl<'a> Exec<'a> {
                 }
                 if dw1 & (1 << 23) != 0 {
                     // LRI post-sync: the address dword names a register that receives the data.
+                    // A post-sync operation set beside it is done too (the hardware's behaviour
+                    // for that combination is not documented; doing both hides nothing).
                     self.load_reg(d(2), d(4));
-                    return Ok(Flow::Next);
                 }
                 let post = (dw1 >> 14) & 3;
                 let (space, addr) = (space_of(dw1 & (1 << 24) != 0 && self.privileged), addr64(d(2), d(3)));

@@ -18,6 +18,7 @@
 //! message, with its device reset; other clients see nothing of it.
 
 pub mod conn;
+pub mod fuzzing;
 pub mod wire;
 
 use std::fs::File;

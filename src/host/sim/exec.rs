@@ -347,6 +347,7 @@ impl<'a> Exec<'a> {
         let mut at = addr;
         while at < end {
             self.at = at;
+            self.privileged = true;
             let mut view = self.mem.view(self.ppgtt);
             let step = self.fetch(&view, Cursor::Linear { space: AddrSpace::Ggtt, addr: at }).and_then(|n| {
                 at = at.saturating_add(4 * n);

@@ -210,10 +210,11 @@ fn run_context(exec: &mut Exec<'_>, parts: (&mut [u32], &mut [u32]), legacy32: b
         save_list(exec.core, &list, state, 0);
     }
     if exec.core.read(base + CONTEXT_CONTROL) & lrc::CTX_SAVE_INHIBIT == 0 {
-        // The engine context of the register-state page is rewritten whole: MI_NOOPs around the
-        // list. (The render engine's pages 2.. hold 3D state this model does not keep.)
-        let state_dwords = lrc::PAGE_DWORDS - lrc::ENGINE_CONTEXT_DWORD;
-        engine_part.get_mut(..state_dwords).unwrap_or_default().fill(0);
+        // The engine writes its whole engine context, as the hardware does (i915 keeps a redzone
+        // after the image to catch a save past its end): the register list, MI_NOOP elsewhere,
+        // since this model keeps no 3D state for the render engine's pages 2... Nothing the guest
+        // wrote survives a save, so a saved image restores only what the engine had.
+        engine_part.fill(0);
         save_list(exec.core, &lrc::engine_context_list(gen, engine), engine_part, lrc::ENGINE_CONTEXT_DWORD);
     }
     Ok(())

@@ -5,18 +5,30 @@
 //! context read through the virtual GGTT, PPGTT shadowed and pinned, ring and batches copied and
 //! scanned) and is queued on the scheduler; the CSB gets its idle-to-active event. On the engine
 //! thread the shadow context is built and run on the host; on completion it is written back, the
-//! PPGTT root unpinned, the CSB updated (registers and the guest's status page) and the interrupts
-//! raised through the VMM's callback. A workload that fails the scan, hangs or faults leaves the
-//! engine busy from the guest's view (a virtual hang the guest's hang check sees); the guest
-//! recovers with an engine reset ([`VgpuEngines::reset_engines`]).
+//! PPGTT root handed back for unpinning, the CSB updated (registers and the guest's status page)
+//! and the interrupts raised through the VMM's callback. A workload that fails the scan, hangs or
+//! faults leaves the engine busy from the guest's view (a virtual hang the guest's hang check
+//! sees); the guest recovers with an engine reset ([`VgpuEngines::reset_engines`]).
+//!
+//! The engine thread owns the running work, and neither side waits for the other's long work:
+//!
+//! - the shadow context is the engine thread's (a vCPU touches it only in a reset, once the
+//!   engine has nothing of this vGPU running);
+//! - the guest-visible execlist state (`EngineSide`) is held for register-sized updates only: an
+//!   ELSP write latches under it, releases it for the scan (serialised per engine by a lock only
+//!   vCPUs take), and takes it again to schedule the submission in;
+//! - the GGTT is a read-write lock the engine thread only reads, with `read_recursive`, so it never
+//!   queues behind a vCPU's GTT write waiting for a scan; the shadow page tables are the vCPU
+//!   side's alone: engine threads hand finished workloads' roots back through a short-held list
+//!   the next submission unpins.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
 use vm_memory::{GuestAddress, GuestAddressSpace};
 
-use crate::cmd::{AddrSpace, Events, GmWindows, ScanLimits, ScanParams, SplitTranslation};
+use crate::cmd::{AddrSpace, Events, GmWindows, ScanLimits, ScanParams};
 use crate::context::{ShadowContext, ShadowPlan};
 use crate::execlist::{
     create_workload, CsbStatus, ExeclistError, VirtualExeclist, Workload, WorkloadError, WorkloadParams,
@@ -90,16 +102,17 @@ pub struct VgpuConfig {
     pub weight: u8,
 }
 
-struct Mm {
-    ggtt: VirtualGgtt,
+/// The vGPU's shadow page tables and host memory: taken only on the vCPU side (submissions,
+/// g2v notifications, GTT writes, resets).
+struct Tables {
     ppgtt: ShadowPpgtt,
     host: Box<dyn VgpuMemory>,
     writer: Box<dyn HostGgtt + Send>,
 }
 
+/// The guest-visible execlist state of one engine.
 struct EngineSide {
     execlist: VirtualExeclist,
-    shadow: ShadowContext,
     /// GGTT address of the engine's status page (HWS_PGA), where CSB events are mirrored.
     hws_pga: Option<u64>,
     /// LRCA and tail of the last workload created (for lite restores).
@@ -111,13 +124,28 @@ struct EngineSide {
     last_job: Option<Arc<AtomicBool>>,
 }
 
+/// One engine of the vGPU.
+struct EngineSlot {
+    /// Serialises the engine's ELSP submissions (scans included); only vCPUs take it.
+    submit: Mutex<()>,
+    /// The guest-visible state; held for register-sized updates on both sides.
+    side: Mutex<EngineSide>,
+    /// The shadow context: the engine thread's.
+    shadow: Mutex<ShadowContext>,
+}
+
 type IrqFn = dyn Fn(EngineIrq) + Send + Sync;
 
 struct Shared<A> {
     cfg: VgpuConfig,
     mem: A,
-    mm: Mutex<Mm>,
-    engines: Vec<Option<Mutex<EngineSide>>>,
+    /// The virtual GGTT: written by vCPUs (with `tables` held), read by scans and engine threads.
+    ggtt: RwLock<VirtualGgtt>,
+    tables: Mutex<Tables>,
+    /// Roots of finished workloads, for the vCPU side to unpin (engine threads never take
+    /// `tables`).
+    unpins: Mutex<Vec<PpgttRoot>>,
+    engines: Vec<Option<EngineSlot>>,
     sched: Arc<Scheduler>,
     irq: Box<IrqFn>,
 }
@@ -157,94 +185,114 @@ where
         let engines = Engine::ALL
             .iter()
             .map(|&e| {
-                host_gpu.engines().has(e).then(|| {
-                    Mutex::new(EngineSide {
+                host_gpu.engines().has(e).then(|| EngineSlot {
+                    submit: Mutex::new(()),
+                    side: Mutex::new(EngineSide {
                         execlist: VirtualExeclist::new(crate::context::context_size(cfg.gen, e)),
-                        shadow: ShadowContext::new(cfg.gen, e, sched.clean_context(e)),
                         hws_pga: None,
                         last: None,
                         hung: false,
                         last_job: None,
-                    })
+                    }),
+                    shadow: Mutex::new(ShadowContext::new(cfg.gen, e, sched.clean_context(e))),
                 })
             })
             .collect();
-        let mm = Mutex::new(Mm { ggtt, ppgtt, host, writer });
-        Ok(VgpuEngines { shared: Arc::new(Shared { cfg, mem, mm, engines, sched, irq: Box::new(irq) }) })
+        let shared = Shared {
+            cfg,
+            mem,
+            ggtt: RwLock::new(ggtt),
+            tables: Mutex::new(Tables { ppgtt, host, writer }),
+            unpins: Mutex::new(Vec::new()),
+            engines,
+            sched,
+            irq: Box::new(irq),
+        };
+        Ok(VgpuEngines { shared: Arc::new(shared) })
     }
 
-    fn side(&self, engine: Engine) -> Result<&Mutex<EngineSide>, VgpuError> {
+    fn slot(&self, engine: Engine) -> Result<&EngineSlot, VgpuError> {
         self.shared.engines.get(engine.index()).and_then(Option::as_ref).ok_or(VgpuError::NoEngine(engine))
     }
 
     /// A guest write of `size` bytes to the GTT part of BAR0 at `offset`.
     pub fn write_gtt(&self, offset: u64, size: usize, value: u64) -> Result<(), VgpuError> {
-        let mut mm = self.shared.mm.lock();
-        let Mm { ggtt, host, writer, .. } = &mut *mm;
+        let mut t = self.shared.tables.lock();
+        let Tables { host, writer, .. } = &mut *t;
+        let mut ggtt = self.shared.ggtt.write();
         Ok(ggtt.write(&*self.shared.mem.memory(), &mut **host, &mut **writer, offset, size, value)?)
     }
 
     /// The guest programmed the engine's status page address (HWS_PGA).
     pub fn set_hws_pga(&self, engine: Engine, gma: u64) -> Result<(), VgpuError> {
-        self.side(engine)?.lock().hws_pga = Some(gma);
+        self.slot(engine)?.side.lock().hws_pga = Some(gma);
         Ok(())
     }
 
     /// Reads an execlist register (offset relative to the engine base).
     pub fn read_execlist(&self, engine: Engine, off: u32) -> Option<u32> {
-        self.side(engine).ok()?.lock().execlist.read(off)
+        self.slot(engine).ok()?.side.lock().execlist.read(off)
     }
 
     /// A guest write to the CSB pointer register.
     pub fn write_csb_ptr(&self, engine: Engine, value: u32) -> Result<(), VgpuError> {
-        self.side(engine)?.lock().execlist.write_csb_ptr(value);
+        self.slot(engine)?.side.lock().execlist.write_csb_ptr(value);
         Ok(())
     }
 
     /// A guest write to an engine's ELSP.
     pub fn write_elsp(&self, engine: Engine, value: u32) -> Result<(), VgpuError> {
         let s = &self.shared;
-        let side = self.side(engine)?;
-        let mut es = side.lock();
-        let sub = match es.execlist.write_elsp(value, &s.cfg.windows) {
-            Ok(Some(sub)) => sub,
-            Ok(None) => return Ok(()),
-            Err(why) => return Err(VgpuError::Execlist { engine, why }),
+        let slot = self.slot(engine)?;
+        // One submission at a time per engine, while the engine thread goes on completing work.
+        let _submitting = slot.submit.lock();
+        let (sub, last) = {
+            let mut es = slot.side.lock();
+            let sub = match es.execlist.write_elsp(value, &s.cfg.windows) {
+                Ok(Some(sub)) => sub,
+                Ok(None) => return Ok(()),
+                Err(why) => return Err(VgpuError::Execlist { engine, why }),
+            };
+            if es.hung {
+                // A hung engine still latches submissions as the hardware does: the hung element
+                // never completes, so nothing new runs, but a lite restore of the hung context is
+                // acknowledged (i915 waits for that acknowledgement before it considers the
+                // submission in flight). Everything is dropped when the guest resets the engine.
+                s.sched.record_rejection(s.cfg.id, "engine hung: submission before reset");
+                let switch = es.execlist.schedule_in(&sub).map_err(|why| VgpuError::Execlist { engine, why })?;
+                s.publish(&mut es, engine, switch.interrupt, Events::empty());
+                return Ok(());
+            }
+            (sub, es.last)
         };
-        if es.hung {
-            // A hung engine still latches submissions as the hardware does: the hung element never
-            // completes, so nothing new runs, but a lite restore of the hung context is acknowledged
-            // (i915 waits for that acknowledgement before it considers the submission in flight).
-            // Everything is dropped when the guest resets the engine.
-            s.sched.record_rejection(s.cfg.id, "engine hung: submission before reset");
-            let switch = es.execlist.schedule_in(&sub).map_err(|why| VgpuError::Execlist { engine, why })?;
-            self.shared.publish(&mut es, engine, switch.interrupt, Events::empty());
-            return Ok(());
-        }
-        // Workloads for both elements first: a rejected element runs nothing of the submission.
+        // Workloads for both elements first, with the execlist state free for the engine thread:
+        // a rejected element runs nothing of the submission.
         let mut works = Vec::with_capacity(2);
+        let mut last = last;
         for desc in sub.elements.into_iter().flatten() {
-            let resume_head = es.last.and_then(|(lrca, tail)| (lrca == desc.lrca()).then_some(tail));
+            let resume_head = last.and_then(|(lrca, tail)| (lrca == desc.lrca()).then_some(tail));
             let p =
                 WorkloadParams { gen: s.cfg.gen, engine, windows: s.cfg.windows, limits: s.cfg.limits, resume_head };
             let created = {
-                let mut mm = s.mm.lock();
-                let Mm { ggtt, ppgtt, host, .. } = &mut *mm;
+                let mut t = s.tables.lock();
+                let Tables { ppgtt, host, .. } = &mut *t;
+                s.drain_unpins(ppgtt, &mut **host);
+                let ggtt = s.ggtt.read();
                 create_workload(&*s.mem.memory(), &*ggtt, ppgtt, &mut **host, desc, &p)
             };
             match created {
                 Ok(w) => {
-                    es.last = Some((desc.lrca(), w.guest.ring.ring.tail));
+                    last = Some((desc.lrca(), w.guest.ring.ring.tail));
                     works.push(w);
                 }
                 Err(why) => {
-                    let mut mm = s.mm.lock();
-                    let Mm { ppgtt, host, .. } = &mut *mm;
+                    let mut t = s.tables.lock();
+                    let Tables { ppgtt, host, .. } = &mut *t;
                     for w in works {
                         let _ = ppgtt.unpin(&mut **host, w.root);
                     }
                     s.sched.record_rejection(s.cfg.id, reason_class(&why));
-                    es.hung = true;
+                    slot.side.lock().hung = true;
                     return Err(VgpuError::Rejected { engine, why });
                 }
             }
@@ -252,17 +300,19 @@ where
         let scanned =
             works.iter().map(|w| w.ring.stats.bytes_copied + w.wa.as_ref().map_or(0, |x| x.stats.bytes_copied)).sum();
         s.sched.record_scanned(s.cfg.id, scanned);
-        let switch = es.execlist.schedule_in(&sub).map_err(|why| VgpuError::Execlist { engine, why })?;
-        let lite = switch.events.iter().any(|e| e.status.contains(CsbStatus::LITE_RESTORE));
-        if lite {
-            if let Some(prev) = &es.last_job {
-                prev.store(true, Ordering::Release);
-            }
-        }
         let flags: Vec<Arc<AtomicBool>> = works.iter().map(|_| Arc::new(AtomicBool::new(false))).collect();
-        es.last_job = flags.last().cloned();
-        self.shared.publish(&mut es, engine, switch.interrupt, Events::empty());
-        drop(es);
+        {
+            let mut es = slot.side.lock();
+            let switch = es.execlist.schedule_in(&sub).map_err(|why| VgpuError::Execlist { engine, why })?;
+            if switch.events.iter().any(|e| e.status.contains(CsbStatus::LITE_RESTORE)) {
+                if let Some(prev) = &es.last_job {
+                    prev.store(true, Ordering::Release);
+                }
+            }
+            es.last = last;
+            es.last_job = flags.last().cloned();
+            s.publish(&mut es, engine, switch.interrupt, Events::empty());
+        }
         for (w, superseded) in works.into_iter().zip(flags) {
             let job = Box::new(VgpuJob { shared: self.shared.clone(), engine, work: Some(w), superseded });
             s.sched.submit(s.cfg.id, engine, job)?;
@@ -276,10 +326,12 @@ where
         let s = &self.shared;
         s.sched.reset_queue(s.cfg.id, engines)?;
         for e in Engine::ALL.into_iter().filter(|e| engines.has(*e)) {
-            if let Ok(side) = self.side(e) {
-                let mut es = side.lock();
+            if let Ok(slot) = self.slot(e) {
+                let _submitting = slot.submit.lock();
+                // Nothing of this vGPU runs or waits on the engine now: the shadow is free.
+                slot.shadow.lock().invalidate();
+                let mut es = slot.side.lock();
                 es.execlist.reset();
-                es.shadow.invalidate();
                 es.last = None;
                 es.last_job = None;
                 es.hung = false;
@@ -311,26 +363,30 @@ where
     /// A guest read of `size` bytes (4 or 8) from the GTT part of BAR0 at `offset`: what the guest
     /// wrote there.
     pub fn read_gtt(&self, offset: u64, size: usize) -> Result<u64, VgpuError> {
-        Ok(self.shared.mm.lock().ggtt.read(offset, size)?)
+        Ok(self.shared.ggtt.read().read(offset, size)?)
     }
 
     /// The guest physical address behind graphics address `gma` in the vGPU's GGTT.
     pub fn translate_ggtt(&self, gma: u64) -> Option<GuestAddress> {
         use crate::cmd::GmTranslate;
-        self.shared.mm.lock().ggtt.translate(AddrSpace::Ggtt, gma)
+        self.shared.ggtt.read().translate(AddrSpace::Ggtt, gma)
     }
 
     /// The guest announced (PVINFO g2v) a PPGTT it created: shadow it now.
     pub fn ppgtt_created(&self, root: PpgttRoot) -> Result<(), VgpuError> {
-        let mut mm = self.shared.mm.lock();
-        let Mm { ppgtt, host, .. } = &mut *mm;
-        Ok(ppgtt.notify_create(&*self.shared.mem.memory(), &mut **host, root)?)
+        let s = &self.shared;
+        let mut t = s.tables.lock();
+        let Tables { ppgtt, host, .. } = &mut *t;
+        s.drain_unpins(ppgtt, &mut **host);
+        Ok(ppgtt.notify_create(&*s.mem.memory(), &mut **host, root)?)
     }
 
     /// The guest announced (PVINFO g2v) it destroys a PPGTT.
     pub fn ppgtt_destroyed(&self, root: PpgttRoot) {
-        let mut mm = self.shared.mm.lock();
-        let Mm { ppgtt, host, .. } = &mut *mm;
+        let s = &self.shared;
+        let mut t = s.tables.lock();
+        let Tables { ppgtt, host, .. } = &mut *t;
+        s.drain_unpins(ppgtt, &mut **host);
         ppgtt.notify_destroy(&mut **host, root);
     }
 
@@ -338,12 +394,9 @@ where
     /// every GGTT entry pointed back at the scratch page.
     pub fn reset_device(&self) -> Result<(), VgpuError> {
         self.reset_engines(self.shared.sched.host().engines())?;
-        let mut mm = self.shared.mm.lock();
-        let Mm { ggtt, ppgtt, host, writer } = &mut *mm;
-        ppgtt.clear(&mut **host);
-        ggtt.reset(&mut **host, &mut **writer);
-        for side in self.shared.engines.iter().flatten() {
-            side.lock().hws_pga = None;
+        self.shared.clear_memory();
+        for slot in self.shared.engines.iter().flatten() {
+            slot.side.lock().hws_pga = None;
         }
         Ok(())
     }
@@ -380,10 +433,7 @@ impl<A> Drop for VgpuEngines<A> {
     /// of this guest stays reachable through the host GGTT once its windows are reused.
     fn drop(&mut self) {
         let _ = self.shared.sched.remove_vgpu(self.shared.cfg.id);
-        let mut mm = self.shared.mm.lock();
-        let Mm { ggtt, ppgtt, host, writer } = &mut *mm;
-        ppgtt.clear(&mut **host);
-        ggtt.reset(&mut **host, &mut **writer);
+        self.shared.clear_memory();
     }
 }
 
@@ -402,12 +452,31 @@ impl<A: GuestAddressSpace> Shared<A> {
     /// Mirrors the CSB into the guest's status page and raises the interrupt.
     fn publish(&self, es: &mut EngineSide, engine: Engine, context_switch: bool, events: Events) {
         if let Some(hws) = es.hws_pga {
-            let mm = self.mm.lock();
-            es.execlist.mirror_to_hwsp(&*self.mem.memory(), &mm.ggtt, hws, &self.cfg.windows);
+            let ggtt = self.ggtt.read_recursive();
+            es.execlist.mirror_to_hwsp(&*self.mem.memory(), &*ggtt, hws, &self.cfg.windows);
         }
         if context_switch || !events.is_empty() {
             (self.irq)(EngineIrq { engine, context_switch, events });
         }
+    }
+
+    /// Unpins the roots engine threads handed back.
+    fn drain_unpins(&self, ppgtt: &mut ShadowPpgtt, host: &mut dyn VgpuMemory) {
+        let roots = std::mem::take(&mut *self.unpins.lock());
+        for root in roots {
+            let _ = ppgtt.unpin(host, root);
+        }
+    }
+}
+
+impl<A> Shared<A> {
+    /// Every shadow page table dropped, every GGTT entry back at the scratch page.
+    fn clear_memory(&self) {
+        let mut t = self.tables.lock();
+        let Tables { ppgtt, host, writer } = &mut *t;
+        self.unpins.lock().clear();
+        ppgtt.clear(&mut **host);
+        self.ggtt.write().reset(&mut **host, &mut **writer);
     }
 }
 
@@ -426,8 +495,8 @@ where
     fn execute(&mut self, host: &dyn HostGpu, engine: Engine) -> Result<RunReport, JobError> {
         let s = &self.shared;
         let w = self.work.as_mut().ok_or(JobError::Prepare("no workload".into()))?;
-        let side = s.engines.get(engine.index()).and_then(Option::as_ref).ok_or(JobError::Prepare("engine".into()))?;
-        let mut es = side.lock();
+        let slot = s.engines.get(engine.index()).and_then(Option::as_ref).ok_or(JobError::Prepare("engine".into()))?;
+        let mut shadow = slot.shadow.lock();
         let l = host.layout(engine);
         let plan = ShadowPlan {
             ring_start: l.ring_start,
@@ -448,30 +517,27 @@ where
             limits: s.cfg.limits,
         };
         {
-            let mm = s.mm.lock();
-            let xlate = SplitTranslation { ggtt: &mm.ggtt, ppgtt: mm.ppgtt.translator(w.root) };
-            es.shadow
-                .populate(&*s.mem.memory(), &xlate, &w.guest, &plan, &scan)
+            // The context image is read through the GGTT; its scan follows no PPGTT address (the
+            // virtual GGTT translates none).
+            let ggtt = s.ggtt.read_recursive();
+            shadow
+                .populate(&*s.mem.memory(), &*ggtt, &w.guest, &plan, &scan)
                 .map_err(|e| JobError::Prepare(e.to_string()))?;
         }
         let legacy32 = matches!(w.root, crate::mm::PpgttRoot::L3(_));
-        let job = HostJob { ring: &mut w.ring, wa: w.wa.as_mut(), context: &mut es.shadow, legacy32 };
+        let job = HostJob { ring: &mut w.ring, wa: w.wa.as_mut(), context: &mut shadow, legacy32 };
         let report = host.run(engine, job)?;
-        let mm = s.mm.lock();
-        es.shadow.write_back(&*s.mem.memory(), &mm.ggtt, &w.guest).map_err(|e| JobError::Prepare(e.to_string()))?;
+        let ggtt = s.ggtt.read_recursive();
+        shadow.write_back(&*s.mem.memory(), &*ggtt, &w.guest).map_err(|e| JobError::Prepare(e.to_string()))?;
         Ok(report)
     }
 
     fn complete(mut self: Box<Self>, result: Result<RunReport, JobError>) {
         let s = &self.shared;
         let Some(w) = self.work.take() else { return };
-        {
-            let mut mm = s.mm.lock();
-            let Mm { ppgtt, host, .. } = &mut *mm;
-            let _ = ppgtt.unpin(&mut **host, w.root);
-        }
-        let Some(side) = s.engines.get(self.engine.index()).and_then(Option::as_ref) else { return };
-        let mut es = side.lock();
+        s.unpins.lock().push(w.root);
+        let Some(slot) = s.engines.get(self.engine.index()).and_then(Option::as_ref) else { return };
+        let mut es = slot.side.lock();
         match result {
             // A lite restore replaced this submission: the context keeps running; its user
             // interrupts still fire.

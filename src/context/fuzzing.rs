@@ -194,7 +194,7 @@ fn check_loaded(
 fn run(gpu: &SimGpu, engine: Engine, shadow: &mut ShadowContext, plan: &ShadowPlan) -> Result<(), String> {
     let before = gpu.stream_register_writes().len();
     let mut ring = ScannedWorkload::host_ring(Vec::new());
-    let r = gpu.run(engine, HostJob { ring: &mut ring, wa: None, context: shadow, legacy32: false });
+    let r = gpu.run(engine, HostJob::new(&mut ring, None, shadow, false));
     let base = engine.mmio_base();
     let start = gpu.read_reg(engine, base + crate::hw::reg::ring::START);
     gpu.reset_engine(engine);

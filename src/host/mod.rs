@@ -41,7 +41,6 @@ pub struct EngineLayout {
 
 /// One shadow workload for [`HostGpu::run`]. The backend relocates the batch starts of `ring` and
 /// `wa` to where it places the shadow batches, and saves the engine state into `context`.
-#[derive(Debug)]
 pub struct HostJob<'a> {
     /// The scanned ring and its batches; the ring runs from the start of the shadow ring.
     pub ring: &'a mut ScannedWorkload,
@@ -52,6 +51,35 @@ pub struct HostJob<'a> {
     pub context: &'a mut ShadowContext,
     /// The context uses a legacy 3-level PPGTT (four PDPs) instead of a PML4.
     pub legacy32: bool,
+    /// Asked at each preemption point with the engine time this run has used so far: true stops
+    /// the workload there (`RunReport::preempted`); its context then holds what the engine saved,
+    /// and running the same job again resumes it. `None`: run to completion.
+    pub preempt: Option<&'a dyn Fn(u64) -> bool>,
+    /// Engine time after which the run is a hang (`None`: the backend's own limit).
+    pub timeout_ns: Option<u64>,
+}
+
+impl std::fmt::Debug for HostJob<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HostJob")
+            .field("ring_bytes", &self.ring.total_bytes())
+            .field("legacy32", &self.legacy32)
+            .field("preemptible", &self.preempt.is_some())
+            .field("timeout_ns", &self.timeout_ns)
+            .finish()
+    }
+}
+
+impl<'a> HostJob<'a> {
+    /// A job that runs to completion within the backend's own hang limit.
+    pub fn new(
+        ring: &'a mut ScannedWorkload,
+        wa: Option<&'a mut ScannedWorkload>,
+        context: &'a mut ShadowContext,
+        legacy32: bool,
+    ) -> Self {
+        HostJob { ring, wa, context, legacy32, preempt: None, timeout_ns: None }
+    }
 }
 
 /// What a completed workload cost.
@@ -67,6 +95,8 @@ pub struct RunReport {
     pub interrupts: u32,
     /// Blits consumed without effect (tiled or legacy layouts the backend does not model).
     pub skipped_blits: u32,
+    /// The run stopped at a preemption point before completing (see [`HostJob::preempt`]).
+    pub preempted: bool,
     /// Commands a non-privileged batch may not execute (privileged commands, loads of registers
     /// it may not write, global-GTT stores), turned into MI_NOOP by the engine as the hardware
     /// turns them.
@@ -155,6 +185,6 @@ pub fn record_clean_context(host: &dyn HostGpu, engine: Engine) -> Result<Vec<u3
     let mut context = ShadowContext::with_blank_clean(host.gen(), engine);
     context.prepare_recording(layout.ring_start, layout.ring_size);
     let mut ring = ScannedWorkload::host_ring(Vec::new());
-    host.run(engine, HostJob { ring: &mut ring, wa: None, context: &mut context, legacy32: false })?;
+    host.run(engine, HostJob::new(&mut ring, None, &mut context, false))?;
     Ok(context.parts().1.to_vec())
 }

@@ -500,7 +500,7 @@ mod tests {
     fn run(gpu: &VfioGpu<SimBar, SimDma>, engine: Engine, ring: &CmdBuf) -> Result<RunReport, HostError> {
         let mut ctx = ShadowContext::with_blank_clean(Gen::Gen9, engine);
         let mut w = ring_workload(&mut ctx, &gpu.layout(engine), ring);
-        gpu.run(engine, HostJob { ring: &mut w, wa: None, context: &mut ctx, legacy32: false })
+        gpu.run(engine, HostJob::new(&mut w, None, &mut ctx, false))
     }
 
     #[test]

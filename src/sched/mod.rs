@@ -95,10 +95,21 @@ pub enum JobError {
     Rejected(#[from] SchedError),
 }
 
+/// What the engine thread hands a job it runs.
+pub struct RunControl<'a> {
+    /// The scheduler's preemption request (see [`HostJob::preempt`](crate::host::HostJob)): asked
+    /// at each preemption point with the engine time the run has used.
+    pub preempt: &'a dyn Fn(u64) -> bool,
+    /// The hang timeout, engine time (`None`: the backend's own).
+    pub timeout_ns: Option<u64>,
+}
+
 /// One workload of one vGPU, as the scheduler runs it.
 pub trait Job: Send {
-    /// Runs the workload on `engine` of `host` (on the engine's thread).
-    fn execute(&mut self, host: &dyn HostGpu, engine: Engine) -> Result<RunReport, JobError>;
+    /// Runs the workload on `engine` of `host` (on the engine's thread). A run that reports
+    /// [`RunReport::preempted`] is put back at the front of its vGPU's queue and executed again
+    /// later, to resume where the engine stopped.
+    fn execute(&mut self, host: &dyn HostGpu, engine: Engine, run: &RunControl<'_>) -> Result<RunReport, JobError>;
     /// Completion: called once, in submission order, whatever happened.
     fn complete(self: Box<Self>, result: Result<RunReport, JobError>);
 }
@@ -106,8 +117,11 @@ pub trait Job: Send {
 /// Scheduler parameters.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SchedConfig {
-    /// Policy parameters.
+    /// Policy parameters (the time slice among them).
     pub policy: PolicyConfig,
+    /// Engine time a workload may run between two preemption points before it counts as hung
+    /// (`None`: the backend's own limit, 50 ms on the software GPU).
+    pub hang_timeout_ns: Option<u64>,
 }
 
 /// Per-engine counters.
@@ -121,11 +135,15 @@ pub struct EngineStats {
     pub switches: u64,
     /// Hangs and faults (each reset the engine).
     pub resets: u64,
+    /// Workloads preempted at the end of their vGPU's time slice.
+    pub preemptions: u64,
 }
 
 struct Queued {
     job: Box<dyn Job>,
     at: Instant,
+    /// The engine's busy time when it was queued, for engine-time latency.
+    engine_at: u64,
 }
 
 #[derive(Default)]
@@ -180,6 +198,7 @@ const IDLE_SPIN: Duration = Duration::from_micros(50);
 
 struct Inner {
     host: Arc<dyn HostGpu>,
+    cfg: SchedConfig,
     engines: Vec<EngineSched>,
     vgpus: RwLock<HashMap<VgpuId, Arc<Mutex<VgpuStats>>>>,
 }
@@ -238,7 +257,7 @@ impl Scheduler {
                 }
             })
             .collect();
-        let inner = Arc::new(Inner { host, engines, vgpus: RwLock::new(HashMap::new()) });
+        let inner = Arc::new(Inner { host, cfg, engines, vgpus: RwLock::new(HashMap::new()) });
         let threads = (0..inner.engines.len())
             .filter_map(|i| {
                 let inner = inner.clone();
@@ -333,14 +352,14 @@ impl Scheduler {
             Err(e) => Some(e),
             Ok(es) => {
                 let mut st = es.state.lock();
-                let shutdown = st.shutdown;
+                let (shutdown, engine_at) = (st.shutdown, st.stats.busy_ns);
                 match st.queues.get_mut(&id) {
                     _ if shutdown => Some(SchedError::ShuttingDown),
                     None => Some(SchedError::UnknownVgpu(id)),
                     Some(q) if q.hung => Some(SchedError::QueueHung { vgpu: id, engine }),
                     Some(q) if q.jobs.len() >= MAX_QUEUED => Some(SchedError::QueueFull(id)),
                     Some(q) => {
-                        q.jobs.push_back(Queued { job, at: Instant::now() });
+                        q.jobs.push_back(Queued { job, at: Instant::now(), engine_at });
                         es.submissions.fetch_add(1, Ordering::Release);
                         es.cv.notify_all();
                         return Ok(());
@@ -363,11 +382,13 @@ impl Scheduler {
         for e in self.inner.engines.iter().filter(|e| engines.has(e.engine)) {
             let dropped: Vec<Queued> = {
                 let mut st = e.state.lock();
-                let d = st.queues.get_mut(&id).map(|q| q.jobs.drain(..).collect()).unwrap_or_default();
+                let mut d: Vec<Queued> = st.queues.get_mut(&id).map(|q| q.jobs.drain(..).collect()).unwrap_or_default();
                 while st.running == Some(id) {
                     e.cv.wait(&mut st);
                 }
                 if let Some(q) = st.queues.get_mut(&id) {
+                    // A job preempted meanwhile went back to the queue: it goes too.
+                    d.extend(q.jobs.drain(..));
                     q.hung = false;
                 }
                 d
@@ -512,11 +533,22 @@ fn switch_owner(host: &dyn HostGpu, e: &EngineSched, st: &mut EngineState, next:
     st.stats.switches += 1;
 }
 
+/// How often, in engine time, a running job past its slice asks whether another vGPU waits.
+const CONTENTION_POLL_NS: u64 = 20_000;
+
+/// Whether a vGPU other than `id` has work on the engine (or the scheduler stops). Never blocks:
+/// a busy state lock answers no, and the next preemption point asks again.
+fn contended(e: &EngineSched, id: VgpuId) -> bool {
+    e.state
+        .try_lock()
+        .is_some_and(|st| st.shutdown || st.queues.iter().any(|(q, v)| *q != id && !v.hung && !v.jobs.is_empty()))
+}
+
 fn engine_loop(inner: &Inner, index: usize) {
     let Some(e) = inner.engines.get(index) else { return };
     let host = &*inner.host;
     loop {
-        let (id, mut q) = {
+        let (id, mut q, slice_left) = {
             let mut st = e.state.lock();
             let mut spun = false;
             let id = loop {
@@ -543,16 +575,28 @@ fn engine_loop(inner: &Inner, index: usize) {
             let Some(q) = st.queues.get_mut(&id).and_then(|q| q.jobs.pop_front()) else { continue };
             st.running = Some(id);
             switch_owner(host, e, &mut st, id);
-            (id, q)
+            (id, q, st.policy.slice_left(id))
+        };
+        // Past the rest of its slice, the job stops at its next preemption point if another vGPU
+        // waits; alone on the engine it runs on.
+        let next_check = std::cell::Cell::new(slice_left);
+        let preempt = |used: u64| {
+            if used < next_check.get() {
+                return false;
+            }
+            next_check.set(used.saturating_add(CONTENTION_POLL_NS));
+            contended(e, id)
         };
         let t0 = Instant::now();
-        let result = q.job.execute(host, e.engine);
+        let run = RunControl { preempt: &preempt, timeout_ns: inner.cfg.hang_timeout_ns };
+        let result = q.job.execute(host, e.engine, &run);
         let host_wall = t0.elapsed().as_nanos() as u64;
         let engine_ns = match &result {
             Ok(r) => r.engine_ns,
             Err(JobError::Host(HostError::Hang { engine_ns, .. })) => *engine_ns,
             Err(_) => 0,
         };
+        let preempted = matches!(&result, Ok(r) if r.preempted);
         let failed = matches!(result, Err(JobError::Host(_)));
         if failed {
             host.reset_engine(e.engine);
@@ -565,24 +609,53 @@ fn engine_loop(inner: &Inner, index: usize) {
             }
             s.host_wall_ns += host_wall;
             match &result {
+                Ok(_) if preempted => s.preemptions += 1,
                 Ok(_) => s.completed += 1,
                 Err(_) => s.failed += 1,
             }
         }
-        let latency = q.at.elapsed().as_nanos() as u64;
-        q.job.complete(result.clone());
-        if let Some(s) = &stats {
-            s.lock().latency(latency);
-        }
-        let dropped: Vec<Queued> = {
+        let (busy_after, requeued) = {
             let mut st = e.state.lock();
             st.policy.charge(id, engine_ns);
-            st.stats.jobs += 1;
+            st.stats.jobs += u64::from(!preempted);
+            st.stats.preemptions += u64::from(preempted);
             let start_ns = st.stats.busy_ns;
             if let Some(t) = st.trace.as_mut().filter(|t| t.len() < MAX_TRACE) {
                 t.push(Slice { vgpu: id, start_ns, engine_ns });
             }
             st.stats.busy_ns += engine_ns;
+            let busy = st.stats.busy_ns;
+            let back = if preempted {
+                match st.queues.get_mut(&id) {
+                    // It resumes before anything the vGPU queued after it.
+                    Some(vq) => {
+                        vq.jobs.push_front(q);
+                        None
+                    }
+                    None => Some(q),
+                }
+            } else {
+                Some(q)
+            };
+            if back.is_none() {
+                st.running = None;
+                e.cv.notify_all();
+            }
+            (busy, back)
+        };
+        // Preempted and requeued: nothing completes.
+        let Some(q) = requeued else { continue };
+        let latency = q.at.elapsed().as_nanos() as u64;
+        let result =
+            if preempted { Err(JobError::Cancelled("the vGPU left while its work was preempted")) } else { result };
+        q.job.complete(result.clone());
+        if let Some(s) = &stats {
+            let mut s = s.lock();
+            s.latency(latency);
+            s.engine_latency(busy_after.saturating_sub(q.engine_at));
+        }
+        let dropped: Vec<Queued> = {
+            let mut st = e.state.lock();
             let mut d = Vec::new();
             if result.is_err() {
                 if failed {
@@ -590,15 +663,18 @@ fn engine_loop(inner: &Inner, index: usize) {
                     st.owner = None;
                     st.stats.resets += 1;
                 }
-                if let Some(vq) = st.queues.get_mut(&id) {
+                if let Some(vq) = st.queues.get_mut(&id).filter(|_| !preempted) {
                     vq.hung = true;
                     d = vq.jobs.drain(..).collect();
                 }
             }
-            st.running = None;
-            e.cv.notify_all();
             d
         };
+        // The vGPU counts as running until its dropped jobs have completed too, so waiting for it
+        // to be idle sees every completion.
         cancel(inner, id, dropped, "an earlier workload on this engine failed");
+        let mut st = e.state.lock();
+        st.running = None;
+        e.cv.notify_all();
     }
 }

@@ -154,6 +154,16 @@ impl Policy {
         }
     }
 
+    /// What is left of `id`'s time slice, ns: the rest of the current slice if `id` holds the
+    /// engine, a whole slice otherwise.
+    pub fn slice_left(&self, id: VgpuId) -> u64 {
+        if self.current == Some(id) {
+            self.cfg.slice_ns.saturating_sub(self.slice_used)
+        } else {
+            self.cfg.slice_ns
+        }
+    }
+
     /// The vGPU picked last.
     pub fn current(&self) -> Option<VgpuId> {
         self.current

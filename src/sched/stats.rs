@@ -24,12 +24,23 @@ pub struct VgpuStats {
     pub host_wall_ns: u64,
     /// Submission-to-completion latencies, ns (the first 2^20).
     pub latencies_ns: Vec<u64>,
+    /// Submission-to-completion latencies in engine time (the engine's busy time that passed), ns
+    /// (the first 2^20): what the vGPU waited for the engine, whatever the host's wall clock.
+    pub engine_latencies_ns: Vec<u64>,
+    /// Times a workload was preempted at the end of the vGPU's slice (and resumed later).
+    pub preemptions: u64,
 }
 
 impl VgpuStats {
     pub(crate) fn latency(&mut self, ns: u64) {
         if self.latencies_ns.len() < MAX_SAMPLES {
             self.latencies_ns.push(ns);
+        }
+    }
+
+    pub(crate) fn engine_latency(&mut self, ns: u64) {
+        if self.engine_latencies_ns.len() < MAX_SAMPLES {
+            self.engine_latencies_ns.push(ns);
         }
     }
 
@@ -45,14 +56,23 @@ impl VgpuStats {
 
     /// The `p`-th percentile latency (0..=100), ns.
     pub fn latency_percentile(&self, p: f64) -> Option<u64> {
-        let mut v = self.latencies_ns.clone();
-        if v.is_empty() {
-            return None;
-        }
-        v.sort_unstable();
-        let i = ((p.clamp(0.0, 100.0) / 100.0) * (v.len() - 1) as f64).round() as usize;
-        v.get(i).copied()
+        percentile(&self.latencies_ns, p)
     }
+
+    /// The `p`-th percentile latency in engine time (0..=100), ns.
+    pub fn engine_latency_percentile(&self, p: f64) -> Option<u64> {
+        percentile(&self.engine_latencies_ns, p)
+    }
+}
+
+fn percentile(samples: &[u64], p: f64) -> Option<u64> {
+    let mut v = samples.to_vec();
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_unstable();
+    let i = ((p.clamp(0.0, 100.0) / 100.0) * (v.len() - 1) as f64).round() as usize;
+    v.get(i).copied()
 }
 
 #[cfg(test)]

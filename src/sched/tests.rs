@@ -19,14 +19,22 @@ const VIDEO_OBJECT: [u32; 6] = [0x7128_0004, 0, 0, 0, 0, 0];
 struct TestJob {
     ctx: Arc<Mutex<ShadowContext>>,
     ring: CmdBuf,
+    /// The workload, once the context points at it (a preempted job resumes it).
+    work: Option<crate::cmd::ScannedWorkload>,
     on_done: Box<dyn FnOnce(Result<RunReport, JobError>) + Send>,
 }
 
 impl Job for TestJob {
-    fn execute(&mut self, host: &dyn HostGpu, engine: Engine) -> Result<RunReport, JobError> {
+    fn execute(&mut self, host: &dyn HostGpu, engine: Engine, run: &RunControl<'_>) -> Result<RunReport, JobError> {
         let mut ctx = self.ctx.lock();
-        let mut w = ring_workload(&mut ctx, &host.layout(engine), &self.ring);
-        Ok(host.run(engine, HostJob { ring: &mut w, wa: None, context: &mut ctx, legacy32: false })?)
+        let w = match &mut self.work {
+            Some(w) => w,
+            None => self.work.insert(ring_workload(&mut ctx, &host.layout(engine), &self.ring)),
+        };
+        let mut job = HostJob::new(w, None, &mut ctx, false);
+        job.preempt = Some(run.preempt);
+        job.timeout_ns = run.timeout_ns;
+        Ok(host.run(engine, job)?)
     }
 
     fn complete(self: Box<Self>, result: Result<RunReport, JobError>) {
@@ -43,7 +51,7 @@ fn job(
     ring: CmdBuf,
     on_done: impl FnOnce(Result<RunReport, JobError>) + Send + 'static,
 ) -> Box<dyn Job> {
-    Box::new(TestJob { ctx: ctx.clone(), ring, on_done: Box::new(on_done) })
+    Box::new(TestJob { ctx: ctx.clone(), ring, work: None, on_done: Box::new(on_done) })
 }
 
 /// Keeps a vGPU's queue saturated: every completion submits the next job until `stop`.
@@ -152,7 +160,7 @@ fn a_hung_workload_fails_only_its_queue() {
     for i in 0..3 {
         let r = results.clone();
         let ring = if i == 0 { hang.clone() } else { video_ring(1) };
-        sched.submit(2, Engine::Vcs, job(&ctxs[1], ring, move |x| r.lock().push(x))).unwrap();
+        sched.submit(2, Engine::Vcs, job(&ctxs[2], ring, move |x| r.lock().push(x))).unwrap();
     }
     // vGPUs 1 and 3: 50 jobs each, before and after the hang.
     for id in [1u32, 3] {
@@ -173,15 +181,15 @@ fn a_hung_workload_fails_only_its_queue() {
     assert!(matches!(&r[0], Err(JobError::Host(HostError::Hang { .. }))), "{r:?}");
     assert!(r[1..].iter().all(|x| matches!(x, Err(JobError::Cancelled(_)))), "{r:?}");
     let s2 = sched.stats(2).unwrap();
-    assert_eq!((s2.failed, s2.cancelled), (1, 2));
+    assert_eq!((s2.failed, s2.cancelled), (1, 2), "{s2:?} {r:?}");
     assert_eq!(sched.engine_stats(Engine::Vcs).unwrap().resets, 1);
     // Closed until the guest resets the engine, then open again.
-    let e = sched.submit(2, Engine::Vcs, job(&ctxs[1], video_ring(1), |_| {}));
+    let e = sched.submit(2, Engine::Vcs, job(&ctxs[2], video_ring(1), |_| {}));
     assert_eq!(e, Err(SchedError::QueueHung { vgpu: 2, engine: Engine::Vcs }));
     sched.reset_queue(2, EngineMask::VCS).unwrap();
     let ok = Arc::new(AtomicBool::new(false));
     let o = ok.clone();
-    sched.submit(2, Engine::Vcs, job(&ctxs[1], video_ring(1), move |r| o.store(r.is_ok(), Ordering::SeqCst))).unwrap();
+    sched.submit(2, Engine::Vcs, job(&ctxs[2], video_ring(1), move |r| o.store(r.is_ok(), Ordering::SeqCst))).unwrap();
     sched.wait_idle(2);
     assert!(ok.load(Ordering::SeqCst));
     for id in [1, 3] {

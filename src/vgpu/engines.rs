@@ -37,7 +37,7 @@ use crate::host::{HostGpu, HostJob, RunReport, VgpuMemory};
 use crate::hw::{Engine, EngineMask, Gen};
 use crate::mm::ppgtt::{PpgttLimits, Revalidate};
 use crate::mm::{GgttError, HostGgtt, PpgttError, PpgttRoot, ShadowPpgtt, VirtualGgtt};
-use crate::sched::{Job, JobError, SchedError, Scheduler, VgpuId};
+use crate::sched::{Job, JobError, RunControl, SchedError, Scheduler, VgpuId};
 
 /// Errors of the submission side, each about one guest action.
 #[derive(Debug, thiserror::Error)]
@@ -314,7 +314,8 @@ where
             s.publish(&mut es, engine, switch.interrupt, Events::empty());
         }
         for (w, superseded) in works.into_iter().zip(flags) {
-            let job = Box::new(VgpuJob { shared: self.shared.clone(), engine, work: Some(w), superseded });
+            let job =
+                Box::new(VgpuJob { shared: self.shared.clone(), engine, work: Some(w), superseded, started: false });
             s.sched.submit(s.cfg.id, engine, job)?;
         }
         Ok(())
@@ -485,6 +486,8 @@ struct VgpuJob<A> {
     engine: Engine,
     work: Option<Workload>,
     superseded: Arc<AtomicBool>,
+    /// The shadow context was built: a later run resumes a preempted one.
+    started: bool,
 }
 
 impl<A> Job for VgpuJob<A>
@@ -492,43 +495,49 @@ where
     A: GuestAddressSpace + Send + Sync,
     A::M: Send + Sync,
 {
-    fn execute(&mut self, host: &dyn HostGpu, engine: Engine) -> Result<RunReport, JobError> {
+    fn execute(&mut self, host: &dyn HostGpu, engine: Engine, run: &RunControl<'_>) -> Result<RunReport, JobError> {
         let s = &self.shared;
         let w = self.work.as_mut().ok_or(JobError::Prepare("no workload".into()))?;
         let slot = s.engines.get(engine.index()).and_then(Option::as_ref).ok_or(JobError::Prepare("engine".into()))?;
         let mut shadow = slot.shadow.lock();
-        let l = host.layout(engine);
-        let plan = ShadowPlan {
-            ring_start: l.ring_start,
-            ring_size: l.ring_size,
-            head: 0,
-            tail: w.ring.ring.len_bytes() as u32,
-            root: w.shadow_root,
-            indirect_ctx: w.guest.indirect_ctx.map(|_| l.indirect_ctx),
-            bb_per_ctx: w.guest.bb_per_ctx.map(|_| l.bb_per_ctx),
-        };
-        let scan = ScanParams {
-            gen: s.cfg.gen,
-            engine,
-            windows: s.cfg.windows,
-            ring: w.guest.ring.ring,
-            surfaces: AddrSpace::Ppgtt,
-            hwsp: Some(w.guest.lrca),
-            limits: s.cfg.limits,
-        };
-        {
+        if !self.started {
+            let l = host.layout(engine);
+            let plan = ShadowPlan {
+                ring_start: l.ring_start,
+                ring_size: l.ring_size,
+                head: 0,
+                tail: w.ring.ring.len_bytes() as u32,
+                root: w.shadow_root,
+                indirect_ctx: w.guest.indirect_ctx.map(|_| l.indirect_ctx),
+                bb_per_ctx: w.guest.bb_per_ctx.map(|_| l.bb_per_ctx),
+            };
+            let scan = ScanParams {
+                gen: s.cfg.gen,
+                engine,
+                windows: s.cfg.windows,
+                ring: w.guest.ring.ring,
+                surfaces: AddrSpace::Ppgtt,
+                hwsp: Some(w.guest.lrca),
+                limits: s.cfg.limits,
+            };
             // The context image is read through the GGTT; its scan follows no PPGTT address (the
             // virtual GGTT translates none).
             let ggtt = s.ggtt.read_recursive();
             shadow
                 .populate(&*s.mem.memory(), &*ggtt, &w.guest, &plan, &scan)
                 .map_err(|e| JobError::Prepare(e.to_string()))?;
+            self.started = true;
         }
+        // A preempted run left the engine's own save in the shadow: running it again resumes.
         let legacy32 = matches!(w.root, crate::mm::PpgttRoot::L3(_));
-        let job = HostJob { ring: &mut w.ring, wa: w.wa.as_mut(), context: &mut shadow, legacy32 };
+        let mut job = HostJob::new(&mut w.ring, w.wa.as_mut(), &mut shadow, legacy32);
+        job.preempt = Some(run.preempt);
+        job.timeout_ns = run.timeout_ns;
         let report = host.run(engine, job)?;
-        let ggtt = s.ggtt.read_recursive();
-        shadow.write_back(&*s.mem.memory(), &*ggtt, &w.guest).map_err(|e| JobError::Prepare(e.to_string()))?;
+        if !report.preempted {
+            let ggtt = s.ggtt.read_recursive();
+            shadow.write_back(&*s.mem.memory(), &*ggtt, &w.guest).map_err(|e| JobError::Prepare(e.to_string()))?;
+        }
         Ok(report)
     }
 

@@ -34,6 +34,18 @@ pub mod reg {
     pub const TIMESTAMP: u32 = 0x358;
     /// CTX_TIMESTAMP.
     pub const CTX_TIMESTAMP: u32 = 0x3a8;
+    /// BB_ADDR_UDW: upper dword of the level-1 batch fetch address.
+    pub const BB_ADDR_UDW: u32 = 0x168;
+    /// BB_ADDR: the level-1 batch fetch address.
+    pub const BB_ADDR: u32 = 0x140;
+    /// BB_STATE: the level-1 batch's state.
+    pub const BB_STATE: u32 = 0x110;
+    /// SBB_ADDR_UDW: upper dword of the second-level batch fetch address.
+    pub const SBB_ADDR_UDW: u32 = 0x11c;
+    /// SBB_ADDR: the second-level batch fetch address.
+    pub const SBB_ADDR: u32 = 0x114;
+    /// SBB_STATE: the second-level batch's state.
+    pub const SBB_STATE: u32 = 0x118;
     /// CS_GPR0 lower dword (16 × 64-bit).
     pub const GPR0: u32 = 0x600;
     /// RING_FORCE_TO_NONPRIV slot 0 (12 slots): each names a register non-privileged batches may
@@ -53,6 +65,9 @@ pub(super) enum Stop {
     Hang(&'static str),
     /// A fault.
     Fault(String),
+    /// Preempted at a preemption point: the engine's registers say where it stopped (ring head,
+    /// batch state), for the save.
+    Preempted,
 }
 
 impl From<MemFault> for Stop {
@@ -65,7 +80,49 @@ impl From<MemFault> for Stop {
 enum Flow {
     Next,
     End,
-    Start { addr: u64, space: AddrSpace, second: bool },
+    Start {
+        addr: u64,
+        space: AddrSpace,
+        second: bool,
+    },
+    /// Preempted at this command: after it (MI_ARB_CHECK) or, with `again`, before it (a
+    /// semaphore wait that has not passed).
+    Preempt {
+        again: bool,
+    },
+}
+
+/// Where the command streamer may be preempted. Gen9's render engine stops between any two
+/// commands; the other engines at MI_ARB_CHECK and at batch and ring command boundaries; every
+/// engine in a semaphore wait. MI_ARB_ON_OFF turns preemption off and on.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Point {
+    /// Between two ring commands.
+    Ring,
+    /// At the start or end of a batch.
+    Batch,
+    /// Between two commands of a batch.
+    Command,
+}
+
+/// BB_STATE / SBB_STATE as the model saves them: the batch is running (bit 0) and in the PPGTT
+/// (bit 5).
+const BB_VALID: u32 = 1 << 0;
+const BB_PPGTT: u32 = 1 << 5;
+
+/// The fetch position of one batch level.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Frame {
+    space: AddrSpace,
+    addr: u64,
+    privileged: bool,
+}
+
+impl Frame {
+    /// A privileged batch at GGTT `addr`.
+    pub fn ggtt(addr: u64) -> Self {
+        Frame { space: AddrSpace::Ggtt, addr, privileged: true }
+    }
 }
 
 /// The persistent state of one engine: its registers and clock.
@@ -209,6 +266,16 @@ pub(super) struct Exec<'a> {
     /// GGTT address (or ring position) of the command executing, for reports.
     pub at: u64,
     buf: Vec<u32>,
+    /// Asked at each preemption point with the engine time of this run so far: stop now?
+    pub preempt: Option<&'a dyn Fn(u64) -> bool>,
+    /// Engine time after which the run is a hang.
+    pub timeout_ns: u64,
+    /// MI_ARB_ON_OFF: preemption allowed.
+    arbitration: bool,
+    /// Preemption points count (not while workaround batches run).
+    pub preemptible: bool,
+    /// A command ran in this run: a preemption point before it would make no progress.
+    progress: bool,
 }
 
 fn addr64(lo: u32, hi: u32) -> u64 {
@@ -239,14 +306,67 @@ impl<'a> Exec<'a> {
             report: RunReport::default(),
             at: 0,
             buf: vec![],
+            preempt: None,
+            timeout_ns: cost.hang_timeout_ns,
+            arbitration: true,
+            preemptible: false,
+            progress: false,
         }
+    }
+
+    /// Whether to stop at a preemption point of kind `p`.
+    fn preempt_here(&self, p: Point) -> bool {
+        let engine_allows = p != Point::Command || self.core.engine == Engine::Rcs;
+        self.arbitration
+            && self.preemptible
+            && self.progress
+            && engine_allows
+            && self.preempt.is_some_and(|stop| stop(self.ns))
+    }
+
+    /// Records where the batches stopped, as the engine saves it: level 1 in BB_ADDR/BB_STATE,
+    /// level 2 (if `level` is 2) in SBB_ADDR/SBB_STATE.
+    fn save_batch_state(&mut self, frames: &[Option<Frame>; 3], level: usize) {
+        let base = self.core.base();
+        let put = |core: &mut EngineCore, regs: (u32, u32, u32), f: Option<Frame>| {
+            let (udw, ldw, state) = regs;
+            let addr = f.map_or(0, |f| f.addr);
+            let st = f.map_or(0, |f| BB_VALID | if f.space == AddrSpace::Ppgtt { BB_PPGTT } else { 0 });
+            core.write(base + udw, (addr >> 32) as u32);
+            core.write(base + ldw, addr as u32);
+            core.write(base + state, st);
+        };
+        put(self.core, (reg::BB_ADDR_UDW, reg::BB_ADDR, reg::BB_STATE), frames[1]);
+        put(self.core, (reg::SBB_ADDR_UDW, reg::SBB_ADDR, reg::SBB_STATE), if level == 2 { frames[2] } else { None });
+    }
+
+    /// The batches a preempted context was running, from its restored BB/SBB registers (and
+    /// those registers cleared: the engine is about to run them).
+    pub fn saved_batches(&mut self) -> Option<([Option<Frame>; 3], usize)> {
+        let base = self.core.base();
+        let frame = |core: &EngineCore, regs: (u32, u32, u32), parent: bool| {
+            let (udw, ldw, state) = regs;
+            let st = core.read(base + state);
+            (st & BB_VALID != 0).then(|| {
+                let space = if st & BB_PPGTT != 0 { AddrSpace::Ppgtt } else { AddrSpace::Ggtt };
+                let addr = u64::from(core.read(base + ldw)) | u64::from(core.read(base + udw)) << 32;
+                Frame { space, addr, privileged: parent && space == AddrSpace::Ggtt }
+            })
+        };
+        let l1 = frame(self.core, (reg::BB_ADDR_UDW, reg::BB_ADDR, reg::BB_STATE), true)?;
+        let l2 = frame(self.core, (reg::SBB_ADDR_UDW, reg::SBB_ADDR, reg::SBB_STATE), l1.privileged);
+        for r in [reg::BB_STATE, reg::SBB_STATE] {
+            self.core.write(base + r, 0);
+        }
+        let level = if l2.is_some() { 2 } else { 1 };
+        Some(([None, Some(l1), l2], level))
     }
 
     /// Charges engine time; past the timeout the workload is hung.
     /// A command that would run past the timeout is stopped there: the engine time charged never
     /// exceeds the timeout.
     pub fn charge(&mut self, ns: u64, what: &'static str) -> Result<(), Stop> {
-        let limit = self.cost.hang_timeout_ns;
+        let limit = self.timeout_ns;
         let total = self.ns.saturating_add(ns);
         if total > limit {
             let used = limit.saturating_sub(self.ns);
@@ -318,6 +438,9 @@ impl<'a> Exec<'a> {
             if off == tail {
                 return Ok(());
             }
+            if self.preempt_here(Point::Ring) {
+                return Err(Stop::Preempted);
+            }
             self.at = start + off;
             self.privileged = true;
             let mut view = self.mem.view(self.ppgtt);
@@ -330,7 +453,17 @@ impl<'a> Exec<'a> {
             match step? {
                 Flow::Next => {}
                 Flow::End => return Err(Stop::Fault("MI_BATCH_BUFFER_END in the ring".into())),
-                Flow::Start { addr, space, second } => self.run_batches(addr, space, second)?,
+                Flow::Start { addr, space, second } => {
+                    let frame = Frame { space, addr, privileged: space == AddrSpace::Ggtt };
+                    let _ = second;
+                    self.run_batches([None, Some(frame), None], 1)?;
+                }
+                Flow::Preempt { again } => {
+                    if again {
+                        self.core.write(base + reg::RING_HEAD, head_reg);
+                    }
+                    return Err(Stop::Preempted);
+                }
             }
         }
     }
@@ -355,43 +488,71 @@ impl<'a> Exec<'a> {
             });
             self.mem.finish(view);
             match step? {
-                Flow::Next => {}
+                Flow::Next | Flow::Preempt { .. } => {}
                 Flow::End => return Ok(()),
-                Flow::Start { addr, space, second } => self.run_batches(addr, space, second)?,
+                Flow::Start { addr, space, .. } => {
+                    let frame = Frame { space, addr, privileged: space == AddrSpace::Ggtt };
+                    self.run_batches([None, Some(frame), None], 1)?;
+                }
             }
         }
         Ok(())
     }
 
-    /// Runs a batch started from a privileged buffer (the ring, the indirect context) until it
-    /// returns. Each batch is privileged if it was started in the GGTT from a privileged buffer.
-    pub fn run_batches(&mut self, addr: u64, space: AddrSpace, _second: bool) -> Result<(), Stop> {
-        // [unused, level 1, level 2] fetch positions and privilege.
-        let mut ptr = [(space, 0u64, false); 3];
-        ptr[1] = (space, addr, space == AddrSpace::Ggtt);
-        let mut level = 1usize;
+    /// Runs batches from `frames` (level 1, and level 2 if `level` is 2: a batch started from the
+    /// ring or the indirect context, or a preempted context's saved batches) until level 1 ends.
+    /// A batch is privileged if it was started in the GGTT from a privileged buffer. At a
+    /// preemption point the positions are saved in the batch-state registers.
+    pub fn run_batches(&mut self, mut frames: [Option<Frame>; 3], mut level: usize) -> Result<(), Stop> {
+        let base = self.core.base();
+        let mut boundary = true;
         loop {
-            let Some(&(sp, at, privileged)) = ptr.get(level) else { return Err(Stop::Fault("batch level".into())) };
-            self.at = at;
-            self.privileged = privileged;
+            let Some(Some(frame)) = frames.get(level).copied() else {
+                return Err(Stop::Fault("batch level".into()));
+            };
+            if self.preempt_here(if boundary { Point::Batch } else { Point::Command }) {
+                self.save_batch_state(&frames, level);
+                return Err(Stop::Preempted);
+            }
+            boundary = false;
+            self.at = frame.addr;
+            self.privileged = frame.privileged;
             let mut view = self.mem.view(self.ppgtt);
-            let step = self.fetch(&view, Cursor::Linear { space: sp, addr: at }).and_then(|len| {
-                if let Some(p) = ptr.get_mut(level) {
-                    p.1 = at.wrapping_add(4 * len);
+            let step = self.fetch(&view, Cursor::Linear { space: frame.space, addr: frame.addr }).and_then(|len| {
+                if let Some(Some(f)) = frames.get_mut(level) {
+                    f.addr = frame.addr.wrapping_add(4 * len);
                 }
                 self.execute(&mut view)
             });
             self.mem.finish(view);
             match step? {
                 Flow::Next => {}
-                Flow::End if level == 2 => level = 1,
-                Flow::End => return Ok(()),
+                Flow::End if level == 2 => {
+                    level = 1;
+                    boundary = true;
+                }
+                Flow::End => {
+                    for r in [reg::BB_STATE, reg::SBB_STATE] {
+                        self.core.write(base + r, 0);
+                    }
+                    return Ok(());
+                }
                 Flow::Start { addr, space, second } => {
                     let privileged = self.privileged && space == AddrSpace::Ggtt;
                     level = if second { 2 } else { 1 };
-                    if let Some(p) = ptr.get_mut(level) {
-                        *p = (space, addr, privileged);
+                    if let Some(f) = frames.get_mut(level) {
+                        *f = Some(Frame { space, addr, privileged });
                     }
+                    boundary = true;
+                }
+                Flow::Preempt { again } => {
+                    if again {
+                        if let Some(Some(f)) = frames.get_mut(level) {
+                            f.addr = frame.addr;
+                        }
+                    }
+                    self.save_batch_state(&frames, level);
+                    return Err(Stop::Preempted);
                 }
             }
         }
@@ -489,6 +650,7 @@ impl<'a> Exec<'a> {
         let r = self.execute_cmd(view, &cmd);
         self.buf = cmd;
         self.report.commands += 1;
+        self.progress = true;
         r
     }
 
@@ -623,6 +785,16 @@ impl<'a> Exec<'a> {
             }
             Handler::Blit(kind) => self.blit(view, kind, cmd)?,
             Handler::Generic if desc.name == "MI_MATH" => self.math(cmd.get(1..).unwrap_or_default())?,
+            Handler::Generic if desc.name == "MI_ARB_ON_OFF" => {
+                self.arbitration = dw0 & 1 != 0;
+                self.charge(mi, "MI_ARB_ON_OFF")?;
+            }
+            Handler::Generic if desc.name == "MI_ARB_CHECK" => {
+                self.charge(mi, "MI_ARB_CHECK")?;
+                if self.arbitration && self.preemptible && self.preempt.is_some_and(|stop| stop(self.ns)) {
+                    return Ok(Flow::Preempt { again: false });
+                }
+            }
             Handler::Generic => {
                 let ns = self.cost.modelled_ns(desc.name, cmd);
                 self.charge(ns, "modelled command")?;
@@ -675,6 +847,10 @@ impl<'a> Exec<'a> {
             };
             if met {
                 return Ok(Flow::Next);
+            }
+            // A wait is a preemption point: the command runs again when the context resumes.
+            if self.arbitration && self.preemptible && self.preempt.is_some_and(|stop| stop(self.ns)) {
+                return Ok(Flow::Preempt { again: true });
             }
             // Another engine or the CPU may signal: let them run between polls.
             self.charge(self.cost.semaphore_poll_ns, "MI_SEMAPHORE_WAIT that is never signalled")?;

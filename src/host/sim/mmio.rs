@@ -149,7 +149,7 @@ impl SimGpu {
             let mut exec = Exec::new(&self.mem, &mut slot.core, &self.cfg.cost);
             exec.pphwsp = lrca;
             let (a, b) = image.split_at_mut(split);
-            let r = run_context(&mut exec, (a, b), legacy32);
+            let r = run_context(&mut exec, (a, b), legacy32).map(|_| ());
             if r.is_ok() {
                 slot.runs += 1;
             }
@@ -160,7 +160,7 @@ impl SimGpu {
                 let _ = self.mem.write_ggtt(lrca, image.as_bytes());
                 self.push_csb(e, (1 << 3) | (1 << 4), id); // active to idle, complete
             }
-            Err(Stop::Hang(_)) | Err(Stop::Fault(_)) => {}
+            Err(Stop::Hang(_)) | Err(Stop::Fault(_)) | Err(Stop::Preempted) => {}
         }
     }
 }

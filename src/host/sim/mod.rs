@@ -174,11 +174,12 @@ impl SimGpu {
 }
 
 /// Runs a loaded context as the hardware runs an execlist element: restores the ring context,
-/// then the engine context unless CONTEXT_CONTROL inhibits it, runs the workaround batches and the
-/// ring, and saves the ring context and (unless inhibited) the engine context in the layout of
-/// [`hw::lrc`](crate::hw::lrc). `parts` is the image split as
-/// [`ShadowContext::parts_mut`](crate::context::ShadowContext::parts_mut) splits it.
-fn run_context(exec: &mut Exec<'_>, parts: (&mut [u32], &mut [u32]), legacy32: bool) -> Result<(), Stop> {
+/// then the engine context unless CONTEXT_CONTROL inhibits it, runs the workaround batches, the
+/// batches a preempted run stopped in (the restored batch state) and the ring, and saves the ring
+/// context and (unless inhibited) the engine context in the layout of [`hw::lrc`](crate::hw::lrc).
+/// Returns whether the run was preempted (the saved image then resumes it). `parts` is the image
+/// split as [`ShadowContext::parts_mut`](crate::context::ShadowContext::parts_mut) splits it.
+fn run_context(exec: &mut Exec<'_>, parts: (&mut [u32], &mut [u32]), legacy32: bool) -> Result<bool, Stop> {
     let (ring_part, engine_part) = parts;
     let (gen, engine) = (exec.core.gen, exec.core.engine);
     let base = engine.mmio_base();
@@ -192,15 +193,29 @@ fn run_context(exec: &mut Exec<'_>, parts: (&mut [u32], &mut [u32]), legacy32: b
     exec.ppgtt = Some(exec.core.root(legacy32));
     let ctx_ts = exec.core.read(base + reg::CTX_TIMESTAMP);
 
+    // Where a preempted run stopped inside batches (read before the workaround batches, which
+    // use the batch registers too).
+    let resume = exec.saved_batches();
+    exec.preemptible = false;
     let indirect = exec.core.read(base + reg::INDIRECT_CTX);
     if lrc::has_wa_fields(gen, engine) && indirect & 0x3f != 0 {
         exec.run_buffer(u64::from(indirect & !0x3f), u64::from(indirect & 0x3f) * 64)?;
     }
     let per_ctx = exec.core.read(base + reg::BB_PER_CTX_PTR);
     if lrc::has_wa_fields(gen, engine) && per_ctx & 1 != 0 {
-        exec.run_batches(u64::from(per_ctx & !0xfff), crate::cmd::AddrSpace::Ggtt, false)?;
+        let frame = exec::Frame::ggtt(u64::from(per_ctx & !0xfff));
+        exec.run_batches([None, Some(frame), None], 1)?;
     }
-    exec.run_ring()?;
+    exec.preemptible = true;
+    let ran = match resume {
+        Some((frames, level)) => exec.run_batches(frames, level).and_then(|()| exec.run_ring()),
+        None => exec.run_ring(),
+    };
+    let preempted = match ran {
+        Ok(()) => false,
+        Err(Stop::Preempted) => true,
+        Err(e) => return Err(e),
+    };
 
     // Save: the context's running time, then the lists.
     let ticks = exec.ns_ticks();
@@ -217,7 +232,7 @@ fn run_context(exec: &mut Exec<'_>, parts: (&mut [u32], &mut [u32]), legacy32: b
         engine_part.fill(0);
         save_list(exec.core, &lrc::engine_context_list(gen, engine), engine_part, lrc::ENGINE_CONTEXT_DWORD);
     }
-    Ok(())
+    Ok(preempted)
 }
 
 /// CONTEXT_CONTROL, relative to the engine's base.
@@ -272,16 +287,24 @@ impl HostGpu for SimGpu {
         let pphwsp = self.context_area(engine);
         let mut exec = Exec::new(&self.mem, &mut slot.core, &self.cfg.cost);
         exec.pphwsp = pphwsp;
+        exec.preempt = job.preempt;
+        if let Some(t) = job.timeout_ns {
+            exec.timeout_ns = t;
+        }
         let r = run_context(&mut exec, job.context.parts_mut(), job.legacy32);
         let (ns, at, mut report) = (exec.ns, exec.at, exec.report);
         report.engine_ns = ns;
         match r {
-            Ok(()) => {
-                slot.runs += 1;
+            Ok(preempted) => {
+                report.preempted = preempted;
+                if !preempted {
+                    slot.runs += 1;
+                }
                 Ok(report)
             }
             Err(Stop::Hang(why)) => Err(HostError::Hang { engine, engine_ns: ns, at, why }),
             Err(Stop::Fault(why)) => Err(HostError::Fault { engine, at, why }),
+            Err(Stop::Preempted) => Err(HostError::Fault { engine, at, why: "preempted outside a run".into() }),
         }
     }
 

@@ -64,7 +64,7 @@ impl Rig {
         let pml4 = self.root.pdps()[0];
         *self.ctx.image_dword_mut(1024 + idx::PDP3_UDW + 12).unwrap() = (pml4 >> 32) as u32;
         *self.ctx.image_dword_mut(1024 + idx::PDP3_UDW + 14).unwrap() = pml4 as u32;
-        let job = HostJob { ring: &mut w, wa: None, context: &mut self.ctx, legacy32: false };
+        let job = HostJob::new(&mut w, None, &mut self.ctx, false);
         self.gpu.run(self.engine, job)
     }
 

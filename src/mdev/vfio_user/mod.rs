@@ -265,7 +265,6 @@ impl Backend {
 
     /// The client went away: drop its work, memory and eventfds; reset the device for the next.
     fn disconnected(&mut self) {
-        self.stats.clients.fetch_add(1, Ordering::Relaxed);
         self.collect_unknown();
         if let Some(s) = self.dev.vgpu().engines().stats() {
             let rejected: u64 = s.rejections.values().sum();
@@ -295,6 +294,8 @@ impl Backend {
         self.poisoned = false;
         self.stats.mapped_regions.store(0, Ordering::Relaxed);
         self.stats.unbacked_maps.store(0, Ordering::Relaxed);
+        // Counted last: a client counted as served has left nothing behind.
+        self.stats.clients.fetch_add(1, Ordering::Release);
     }
 }
 

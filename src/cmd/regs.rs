@@ -113,7 +113,7 @@ static RENDER_GLOBAL: &[Range] = &[
     r(0x83a8, 0x83ac, RW), // FORCE_NONPRIV-listed
     r(0xb020, 0xb0a0, RW), // GEN9_LNCFCMOCS (L3 cache control), switched per vGPU
     r(0xb100, 0xb120, RW), // L3SQCREG1..4
-    r(0xc800, 0xd000, RW), // GEN9 MOCS tables, switched per vGPU
+    r(0xc800, 0xc900, RW), // the render engine's GEN9 MOCS table (context-saved)
     r(0xe100, 0xe200, RW), // HALF_SLICE_CHICKEN1..7
     r(0xe400, 0xe600, RW), // ROW_CHICKEN, ROW_CHICKEN2..4
 ];

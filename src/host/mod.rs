@@ -169,6 +169,11 @@ pub trait HostGpu: Send + Sync + std::fmt::Debug {
     fn run(&self, engine: Engine, job: HostJob<'_>) -> Result<RunReport, HostError>;
     /// Resets `engine` after a hang or fault.
     fn reset_engine(&self, engine: Engine);
+    /// The engine's clock (engine time it has been busy, ns), readable while it runs, if the
+    /// backend keeps one; the scheduler measures latencies in engine time with it.
+    fn engine_clock(&self, _engine: Engine) -> Option<u64> {
+        None
+    }
     /// Reads an engine register (absolute MMIO offset), for the engine-state switch.
     fn read_reg(&self, engine: Engine, reg: u32) -> u32;
     /// Writes an engine register.

@@ -154,10 +154,16 @@ impl GpuManager {
     /// A manager on a new software GPU with graphics memory `layout` (a larger aperture fits more
     /// vGPUs).
     pub fn software_with_layout(platform: Platform, layout: GmLayout) -> Result<Self, ManagerError> {
+        GpuManager::software_with(platform, layout, SchedConfig::default())
+    }
+
+    /// A manager on a new software GPU with graphics memory `layout` and scheduler settings
+    /// `sched` (time slice, hang timeout).
+    pub fn software_with(platform: Platform, layout: GmLayout, sched: SchedConfig) -> Result<Self, ManagerError> {
         let device = platform.default_device();
         let cfg = SimConfig { gen: platform.gen(), engines: device.engines(), layout, ..SimConfig::default() };
         let gpu: Arc<dyn HostGpu> = Arc::new(SimGpu::new(cfg));
-        let sched = Arc::new(Scheduler::new(gpu, SchedConfig::default()));
+        let sched = Arc::new(Scheduler::new(gpu, sched));
         GpuManager::new(sched, GpuInfo { device, revision: 0x07, layout: cfg.layout, reserve: cfg.reserve })
     }
 

@@ -352,7 +352,8 @@ impl Scheduler {
             Err(e) => Some(e),
             Ok(es) => {
                 let mut st = es.state.lock();
-                let (shutdown, engine_at) = (st.shutdown, st.stats.busy_ns);
+                let engine_at = self.inner.host.engine_clock(engine).unwrap_or(st.stats.busy_ns);
+                let shutdown = st.shutdown;
                 match st.queues.get_mut(&id) {
                     _ if shutdown => Some(SchedError::ShuttingDown),
                     None => Some(SchedError::UnknownVgpu(id)),
@@ -652,7 +653,8 @@ fn engine_loop(inner: &Inner, index: usize) {
         if let Some(s) = &stats {
             let mut s = s.lock();
             s.latency(latency);
-            s.engine_latency(busy_after.saturating_sub(q.engine_at));
+            let now = host.engine_clock(e.engine).unwrap_or(busy_after);
+            s.engine_latency(now.saturating_sub(q.engine_at));
         }
         let dropped: Vec<Queued> = {
             let mut st = e.state.lock();

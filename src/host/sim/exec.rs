@@ -136,13 +136,16 @@ pub(super) struct EngineCore {
     global: Arc<GlobalRegs>,
     /// Total engine time since creation (the TIMESTAMP clock).
     pub clock_ns: u64,
+    /// `clock_ns`, readable while the engine runs (the scheduler's engine-time latencies).
+    pub clock: Arc<std::sync::atomic::AtomicU64>,
     /// MI_MATH's internal registers: SRCA, SRCB, ACCU, ZF, CF.
     alu: [u64; 5],
 }
 
 impl EngineCore {
     pub fn new(engine: Engine, gen: Gen, global: Arc<GlobalRegs>) -> Self {
-        EngineCore { engine, gen, regs: HashMap::new(), global, clock_ns: 0, alu: [0; 5] }
+        let clock = Arc::default();
+        EngineCore { engine, gen, regs: HashMap::new(), global, clock_ns: 0, clock, alu: [0; 5] }
     }
 
     /// Power-on state: every register of the engine 0, and no reset pending.
@@ -371,11 +374,13 @@ impl<'a> Exec<'a> {
         if total > limit {
             let used = limit.saturating_sub(self.ns);
             self.core.clock_ns = self.core.clock_ns.saturating_add(used);
+            self.core.clock.store(self.core.clock_ns, std::sync::atomic::Ordering::Relaxed);
             self.ns = limit;
             return Err(Stop::Hang(what));
         }
         self.ns = total;
         self.core.clock_ns = self.core.clock_ns.saturating_add(ns);
+        self.core.clock.store(self.core.clock_ns, std::sync::atomic::Ordering::Relaxed);
         Ok(())
     }
 

@@ -93,6 +93,8 @@ pub struct SimGpu {
     cfg: SimConfig,
     mem: Arc<SimMemory>,
     global: Arc<GlobalRegs>,
+    /// Each engine's clock, readable while it runs.
+    clocks: Vec<Option<Arc<std::sync::atomic::AtomicU64>>>,
     engines: Vec<Option<Mutex<EngineSlot>>>,
     mmio: mmio::Mmio,
 }
@@ -110,7 +112,7 @@ impl SimGpu {
     /// A software GPU as `cfg` describes.
     pub fn new(cfg: SimConfig) -> Self {
         let global = Arc::new(GlobalRegs::default());
-        let engines = Engine::ALL
+        let engines: Vec<Option<Mutex<EngineSlot>>> = Engine::ALL
             .iter()
             .map(|&e| {
                 cfg.engines
@@ -119,7 +121,8 @@ impl SimGpu {
             })
             .collect();
         let mem = Arc::new(SimMemory::new(cfg.layout.total));
-        let gpu = SimGpu { mem, global, cfg, engines, mmio: Default::default() };
+        let clocks = engines.iter().map(|e| e.as_ref().map(|s| s.lock().core.clock.clone())).collect();
+        let gpu = SimGpu { mem, global, clocks, cfg, engines, mmio: Default::default() };
         // Back each engine's per-process status page now: index stores may land there any time.
         for e in Engine::ALL.into_iter().filter(|&e| cfg.engines.has(e)) {
             let _ = gpu.mem.stage_ggtt(gpu.context_area(e), &[0; PAGE_SIZE as usize]);
@@ -312,6 +315,11 @@ impl HostGpu for SimGpu {
         if let Some(s) = self.slot(engine) {
             s.lock().core.reset();
         }
+    }
+
+    fn engine_clock(&self, engine: Engine) -> Option<u64> {
+        let c = self.clocks.get(engine.index())?.as_ref()?;
+        Some(c.load(std::sync::atomic::Ordering::Relaxed))
     }
 
     fn read_reg(&self, engine: Engine, reg: u32) -> u32 {

@@ -20,11 +20,22 @@ use crate::hw::{reg, Engine};
 /// RESET_CTL, CONTEXT_CONTROL, RING_MODE.
 const MASKED_RELATIVE: [u32; 6] = [0x028, reg::ring::MI_MODE, 0x0c0, reg::ring::RESET_CTL, 0x244, reg::ring::RING_MODE];
 
-/// Absolute ranges of render-pipeline state the render engine keeps per context (its context
-/// image carries them): stream-out counters, cache-mode and chicken registers, L3 configuration,
-/// the render MOCS table, half-slice and row chicken registers. `end` exclusive.
+/// Absolute ranges of render-pipeline state the render engine owns (only it programs them, most
+/// of it per context): TR-TT, stream-out counters, cache-mode, chicken and pipeline registers,
+/// the L3 configuration, half-slice and row chicken registers. `end` exclusive.
 const RENDER_STATE: [(u32, u32); 6] =
-    [(0x5200, 0x5300), (0x7000, 0x7400), (0x83a0, 0x83b0), (0xb000, 0xb200), (0xc800, 0xd000), (0xe000, 0xe800)];
+    [(0x4de0, 0x4e00), (0x5000, 0x6000), (0x7000, 0x8000), (0x8300, 0x8400), (0xb000, 0xb200), (0xe000, 0xe800)];
+
+/// Each engine's MOCS table (Gen9): 64 registers from this base.
+const fn mocs_base(engine: Engine) -> u32 {
+    match engine {
+        Engine::Rcs => 0xc800,
+        Engine::Vcs => 0xc900,
+        Engine::Vcs2 => 0xca00,
+        Engine::Vecs => 0xcb00,
+        Engine::Bcs => 0xcc00,
+    }
+}
 
 /// Most command-stream writes to shared registers remembered.
 const MAX_LOGGED: usize = 4096;
@@ -44,7 +55,8 @@ pub struct StreamWrite {
 pub(super) fn engine_local(engine: Engine, reg: u32) -> bool {
     let base = engine.mmio_base();
     let in_block = reg.checked_sub(base).is_some_and(|rel| rel < 0x1000);
-    in_block || (engine == Engine::Rcs && RENDER_STATE.iter().any(|&(s, e)| (s..e).contains(&reg)))
+    let mocs = reg.checked_sub(mocs_base(engine)).is_some_and(|rel| rel < 0x100);
+    in_block || mocs || (engine == Engine::Rcs && RENDER_STATE.iter().any(|&(s, e)| (s..e).contains(&reg)))
 }
 
 /// Whether `reg` of `engine` is a masked register.
@@ -118,6 +130,8 @@ mod tests {
         assert!(!engine_local(Engine::Bcs, 0x7004));
         assert!(engine_local(Engine::Bcs, 0x2_2600));
         assert!(!engine_local(Engine::Rcs, reg::GDRST));
+        assert!(engine_local(Engine::Rcs, 0xc8fc) && !engine_local(Engine::Rcs, 0xcc00));
+        assert!(engine_local(Engine::Bcs, 0xcc00) && engine_local(Engine::Rcs, 0x7700));
         assert!(masked(Engine::Vcs, 0x1_209c) && !masked(Engine::Vcs, 0x1_2600));
         assert_eq!(apply_masked(0xf0, 0x000f_0005), 0xf5);
         let g = GlobalRegs::default();

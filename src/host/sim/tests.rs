@@ -470,3 +470,119 @@ fn non_privileged_batches_cannot_do_what_privileged_ones_can() {
     let w = r.gpu.stream_register_writes();
     assert_eq!(w, vec![StreamWrite { engine: Engine::Bcs, reg: crate::hw::reg::GDRST, value: 1 }]);
 }
+
+/// A workload with every kind of nesting the streamer has: a first-level batch that calls a
+/// second-level one, chains to another first-level batch, and writes along the way (stores,
+/// MI_MATH on GPRs, an atomic), with MI_ARB_CHECKs so every engine has points to stop at.
+fn nested_workload(r: &Rig) -> CmdBuf {
+    let (b1, b2, chained, out) = (WIN + 0x2_0000, WIN + 0x2_1000, WIN + 0x2_2000, WIN + 0x3_0000);
+    let gpr = |n: u32| r.engine.mmio_base() + reg::GPR0 + 8 * n;
+    let mut l1 = CmdBuf::new();
+    l1.lri(&[(gpr(0), 5), (gpr(1), 7)]).raw(&[0x0280_0000]); // MI_ARB_CHECK
+    l1.store_dword(Ggtt, out, 1).bb_start(Ggtt, b2, true).store_dword(Ggtt, out + 4, 3);
+    l1.raw(&[0x0280_0000]).bb_start(Ggtt, chained, false);
+    let mut l2 = CmdBuf::new();
+    l2.store_dword(Ggtt, out + 8, 2).raw(&[0x0280_0000]);
+    // GPR2 = GPR0 + GPR1, stored.
+    l2.math(&[0x0800_8000, 0x0800_8401, 0x1000_0000, 0x1800_0831]).srm(gpr(2), Ggtt, out + 12);
+    l2.raw(&[0x0280_0000]).bb_end();
+    let mut l3 = CmdBuf::new();
+    l3.atomic(0x07, 0, Ggtt, out + 16).raw(&[0x0280_0000]).store_dword(Ggtt, out + 20, 4);
+    for i in 0..16 {
+        l3.store_dword(Ggtt, out + 24 + 4 * i, 100 + i as u32);
+    }
+    l3.bb_end();
+    r.put(b1, &l1);
+    r.put(b2, &l2);
+    r.put(chained, &l3);
+    let mut ring = CmdBuf::new();
+    ring.store_dword(Ggtt, out + 0x100, 9).raw(&[0x0280_0000]).bb_start(Ggtt, b1, false).raw(&[0x0280_0000]);
+    ring.store_dword(Ggtt, out + 0x104, 10).align_qword();
+    ring
+}
+
+/// Runs `ring` to completion, stopped at the preemption points `stop_at` picks (by how many it
+/// has been asked), each resume a fresh run of the saved image. Returns the runs it took.
+fn run_preempted(r: &mut Rig, ring: &CmdBuf, stop_at: &dyn Fn(u64) -> bool) -> u32 {
+    let mut w = super::testing::ring_workload(&mut r.ctx, &r.gpu.layout(r.engine), ring);
+    let pml4 = r.root.pdps()[0];
+    *r.ctx.image_dword_mut(1024 + idx::PDP3_UDW + 14).unwrap() = pml4 as u32;
+    let asked = std::cell::Cell::new(0u64);
+    let stop = |_: u64| {
+        asked.set(asked.get() + 1);
+        stop_at(asked.get())
+    };
+    for runs in 1..10_000 {
+        let mut job = HostJob::new(&mut w, None, &mut r.ctx, false);
+        job.preempt = Some(&stop);
+        let rep = r.gpu.run(r.engine, job).unwrap();
+        if !rep.preempted {
+            return runs;
+        }
+    }
+    panic!("never completed");
+}
+
+#[test]
+fn a_preempted_workload_ends_exactly_as_an_unpreempted_one() {
+    for engine in [Engine::Rcs, Engine::Bcs] {
+        let mut whole = rig(engine);
+        let ring = nested_workload(&whole);
+        assert_eq!(run_preempted(&mut whole, &ring, &|_| false), 1);
+        let out = |r: &Rig| (0..0x110).step_by(4).map(|o| r.ggtt32(WIN + 0x3_0000 + o)).collect::<Vec<_>>();
+        let expected = out(&whole);
+        assert_eq!(&expected[..6], &[1, 3, 2, 12, 5, 4], "{engine}: the workload's own results");
+        let state = |r: &Rig| (r.ctx.state(idx::RING_HEAD), r.reg(reg::GPR0 + 16), r.ctx.state(reg_idx(reg::BB_STATE)));
+        // Stopped at every preemption point, at every other one, at every third.
+        for every in [1u64, 2, 3] {
+            let mut cut = rig(engine);
+            let ring = nested_workload(&cut);
+            let runs = run_preempted(&mut cut, &ring, &|n| n % every == 0);
+            assert!(runs > 5, "{engine}: only {runs} runs: the workload was hardly preempted");
+            assert_eq!(out(&cut), expected, "{engine}, preempted at every {every}: memory differs");
+            assert_eq!(
+                state(&cut),
+                state(&whole),
+                "{engine}, preempted at every {every}: ring head or registers differ"
+            );
+        }
+    }
+}
+
+/// Value-dword index in the register-state page of a ring-context register.
+fn reg_idx(rel: u32) -> usize {
+    let [ring, ..] = lrc::ring_context_lists(Gen::Gen9, Engine::Rcs);
+    let k = ring.regs.iter().position(|&r| r == rel).unwrap();
+    ring.value_index(k)
+}
+
+#[test]
+fn preemption_waits_for_arbitration_and_a_semaphore_resumes_waiting() {
+    // MI_ARB_ON_OFF off: no preemption point counts until it is back on.
+    let mut r = rig(Engine::Rcs);
+    let mut ring = CmdBuf::new();
+    ring.raw(&[0x0400_0000]); // MI_ARB_ON_OFF (off)
+    for i in 0..8 {
+        ring.store_dword(Ggtt, WIN + 0x500 + 4 * i, i as u32);
+    }
+    ring.raw(&[0x0400_0001]).store_dword(Ggtt, WIN + 0x600, 1).align_qword();
+    assert_eq!(run_preempted(&mut r, &ring, &|_| true), 2, "one stop, after arbitration came back");
+    // A semaphore wait stops the run while it waits, and waits again when resumed.
+    let mut r = rig(Engine::Vcs);
+    let mut ring = CmdBuf::new();
+    ring.store_dword(Ggtt, WIN + 0x700, 1).semaphore_wait(Ggtt, WIN + 0x704, 1).store_dword(Ggtt, WIN + 0x708, 2);
+    ring.align_qword();
+    let mut w = super::testing::ring_workload(&mut r.ctx, &r.gpu.layout(r.engine), &ring);
+    let stop = |used: u64| used > 100_000;
+    for _ in 0..3 {
+        let mut job = HostJob::new(&mut w, None, &mut r.ctx, false);
+        job.preempt = Some(&stop);
+        assert!(r.gpu.run(r.engine, job).unwrap().preempted);
+        assert_eq!(r.ggtt32(WIN + 0x708), 0);
+    }
+    r.guest.write_obj(1u32, GuestAddress(0x704)).unwrap();
+    let mut job = HostJob::new(&mut w, None, &mut r.ctx, false);
+    job.preempt = Some(&stop);
+    assert!(!r.gpu.run(r.engine, job).unwrap().preempted);
+    assert_eq!(r.ggtt32(WIN + 0x708), 2);
+}

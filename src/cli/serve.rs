@@ -7,6 +7,8 @@ use clap::Args;
 use shadowgpu::hw::Platform;
 use shadowgpu::mdev::vfio_user::{serve, Served};
 use shadowgpu::mdev::{GpuManager, VgpuType};
+use shadowgpu::mm::GmLayout;
+use shadowgpu::sched::{PolicyConfig, SchedConfig};
 
 /// Options of `serve`.
 #[derive(Args, Debug)]
@@ -30,6 +32,14 @@ pub struct ServeArgs {
     /// Print the vGPU types and how many of each fit, then exit.
     #[arg(long)]
     list_types: bool,
+    /// Time slice, microseconds of engine time: how long a vGPU keeps an engine while another
+    /// waits before its work is preempted.
+    #[arg(long, default_value_t = 1000)]
+    slice_us: u64,
+    /// Hang timeout, milliseconds of engine time a workload may run without reaching a
+    /// preemption point (or alone on its engine) before it is stopped as hung.
+    #[arg(long, default_value_t = 50)]
+    hang_timeout_ms: u64,
 }
 
 fn custom_type(s: &str) -> Result<VgpuType, String> {
@@ -55,7 +65,12 @@ pub fn run(args: &ServeArgs) -> ExitCode {
 }
 
 fn serve_all(args: &ServeArgs) -> Result<(), String> {
-    let gpu = GpuManager::software(args.platform).map_err(|e| e.to_string())?;
+    if args.slice_us == 0 || args.hang_timeout_ms == 0 {
+        return Err("--slice-us and --hang-timeout-ms must be above 0".into());
+    }
+    let policy = PolicyConfig { slice_ns: args.slice_us.saturating_mul(1000), ..PolicyConfig::default() };
+    let sched = SchedConfig { policy, hang_timeout_ns: Some(args.hang_timeout_ms.saturating_mul(1_000_000)) };
+    let gpu = GpuManager::software_with(args.platform, GmLayout::DESKTOP, sched).map_err(|e| e.to_string())?;
     for c in &args.custom {
         gpu.add_type(custom_type(c)?).map_err(|e| e.to_string())?;
     }

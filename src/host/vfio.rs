@@ -3,6 +3,12 @@
 //! engines' ELSP and waits for the completion event in the CSB; a workload that does not complete
 //! within the poll timeout is a hang, and the engine is reset through GDRST.
 //!
+//! Preemption is i915's on Gen9 ("preempt to idle"): when the scheduler asks, the backend submits
+//! a preemption context (an image whose ring is empty) in ELSP port 0; the engine saves the running
+//! context at its next preemption point, reports it PREEMPTED in the CSB, runs the empty context
+//! to completion and idles. The saved image holds the ring head and batch state, so submitting it
+//! again resumes the workload.
+//!
 //! The register and DMA accesses go through two small traits, [`Bar0`] and [`DmaSpace`]:
 //! [`VfioBar0`] and [`VfioDma`] implement them over `vfio-ioctls` for a device bound to vfio-pci,
 //! and the software GPU's register-level model implements them in tests (no Intel GPU here).
@@ -53,6 +59,15 @@ pub trait DmaSpace: Send + Sync {
 
 /// How long a workload may run before it is declared hung.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// Context IDs (upper descriptor dword) of the workload and of the preemption context.
+const WORK_ID: u32 = 1;
+const PREEMPT_ID: u32 = 2;
+/// Offset of the preemption context's image from the workload's (after its 22 pages).
+const PREEMPT_CTX_OFF: u64 = 0x2_0000;
+/// CSB status bits.
+const CSB_PREEMPTED: u32 = 1 << 1;
+const CSB_COMPLETE: u32 = 1 << 4;
 
 struct EngineState {
     /// DMA page behind each backed GGTT page of the engine's shadow area, by GGTT page index.
@@ -113,6 +128,29 @@ impl<B: Bar0, D: DmaSpace> VfioGpu<B, D> {
                 return Err(format!("DMA write at {iova:#x} failed"));
             }
         }
+        Ok(())
+    }
+
+    /// Writes one context to `engine`'s ELSP, in port 0 (port 1 empty).
+    fn submit(&self, engine: Engine, desc: u64, id: u32) {
+        let base = u64::from(engine.mmio_base());
+        for v in [0, 0, id, desc as u32] {
+            self.bar.write32(base + u64::from(reg::ELSP), v);
+        }
+    }
+
+    /// Preempts `engine` to idle: stages the preemption context (a ring-context template whose
+    /// ring is empty) beside the workload's image at `lrca` and submits it.
+    fn submit_preempt(&self, st: &mut EngineState, engine: Engine, lrca: u64) -> Result<(), String> {
+        let at = lrca + PREEMPT_CTX_OFF;
+        let layout = placement::layout(self.shadow_base, engine);
+        let mut ctx = crate::context::ShadowContext::with_blank_clean(self.gen, engine);
+        ctx.prepare_recording(layout.ring_start, PAGE_SIZE as u32);
+        // Restore inhibit (nothing of an engine context to load), an empty ring: the status page
+        // and the register-state page are all the engine reads.
+        let image = ctx.image();
+        self.stage(st, at, image.get(..2 * 1024).unwrap_or_default().as_bytes())?;
+        self.submit(engine, at | (3 << 3) | (1 << 8) | 1, PREEMPT_ID);
         Ok(())
     }
 
@@ -184,25 +222,37 @@ impl<B: Bar0 + 'static, D: DmaSpace + 'static> HostGpu for VfioGpu<B, D> {
         let wp0 = csb_ptr(&self.bar);
         let mode = if job.legacy32 { 1 } else { 3 };
         let desc = lrca | (mode << 3) | (1 << 8) | 1;
-        for v in [0, 0, 1, desc as u32] {
-            self.bar.write32(base + u64::from(reg::ELSP), v);
-        }
-        // Wait for a complete event (bit 4) for context id 1.
+        self.submit(engine, desc, WORK_ID);
+        let timeout = job.timeout_ns.map_or(self.timeout, Duration::from_nanos);
+        // Wait for the workload's complete event, or, once preempted, for the preemption
+        // context's.
         let t0 = Instant::now();
         let mut seen = wp0;
-        'wait: loop {
+        let (mut preempting, mut preempted, mut completed) = (false, false, false);
+        loop {
             let wp = csb_ptr(&self.bar);
             while seen != wp {
                 seen = if seen >= 5 { 0 } else { seen + 1 };
-                let lo = self.bar.read32(base + u64::from(reg::CSB) + 8 * u64::from(seen));
-                if lo & (1 << 4) != 0 {
-                    break 'wait;
+                let at = base + u64::from(reg::CSB) + 8 * u64::from(seen);
+                let (lo, id) = (self.bar.read32(at), self.bar.read32(at + 4));
+                completed |= id == WORK_ID && lo & CSB_COMPLETE != 0;
+                preempted |= id == WORK_ID && lo & CSB_PREEMPTED != 0 && !completed;
+                if id == PREEMPT_ID && lo & CSB_COMPLETE != 0 {
+                    preempting = false;
                 }
             }
-            if t0.elapsed() > self.timeout {
+            if (completed || preempted) && !preempting {
+                break;
+            }
+            let used = t0.elapsed();
+            if !preempting && !preempted && job.preempt.is_some_and(|stop| stop(used.as_nanos() as u64)) {
+                self.submit_preempt(&mut st, engine, lrca).map_err(place_err)?;
+                preempting = true;
+            }
+            if used > timeout {
                 return Err(HostError::Hang {
                     engine,
-                    engine_ns: t0.elapsed().as_nanos() as u64,
+                    engine_ns: used.as_nanos() as u64,
                     at: lrca,
                     why: "no completion event within the timeout",
                 });
@@ -218,7 +268,7 @@ impl<B: Bar0 + 'static, D: DmaSpace + 'static> HostGpu for VfioGpu<B, D> {
         }
         let after = job.context.parts().0.get(1024 + idx::CTX_TIMESTAMP).copied().unwrap_or(0);
         let engine_ns = self.gen.timestamp_ns(u64::from(after.wrapping_sub(before)));
-        Ok(RunReport { engine_ns, ..RunReport::default() })
+        Ok(RunReport { engine_ns, preempted: preempted && !completed, ..RunReport::default() })
     }
 
     fn reset_engine(&self, engine: Engine) {
@@ -542,5 +592,150 @@ mod tests {
         gpu.write_reg(Engine::Bcs, 0xcc00, 0x33);
         assert_eq!(gpu.read_reg(Engine::Bcs, 0xcc00), 0x33);
         drop(vm);
+    }
+
+    /// A BAR0 that plays the CSB events of a scripted engine and records what was submitted.
+    #[derive(Default)]
+    struct ScriptBar {
+        st: Mutex<Script>,
+    }
+
+    #[derive(Default)]
+    struct Script {
+        /// What the engine does: 0 completes at once, 1 runs until preempted, 2 completes just
+        /// as the preemption request arrives.
+        mode: u8,
+        latch: Vec<u32>,
+        csb: [u64; 6],
+        wp: u8,
+        submitted: Vec<(u32, u32)>,
+    }
+
+    impl Script {
+        fn push(&mut self, status: u32, id: u32) {
+            self.wp = if self.wp >= 5 { 0 } else { self.wp + 1 };
+            self.csb[usize::from(self.wp)] = u64::from(status) | u64::from(id) << 32;
+        }
+    }
+
+    impl Bar0 for ScriptBar {
+        fn read32(&self, off: u64) -> u32 {
+            let st = self.st.lock();
+            let base = u64::from(Engine::Bcs.mmio_base());
+            match off.wrapping_sub(base) {
+                o if o == u64::from(reg::CSB_PTR) => u32::from(st.wp),
+                o if (u64::from(reg::CSB)..u64::from(reg::CSB) + 48).contains(&o) => {
+                    let e = st.csb[((o - u64::from(reg::CSB)) / 8) as usize];
+                    if o % 8 == 0 {
+                        e as u32
+                    } else {
+                        (e >> 32) as u32
+                    }
+                }
+                _ => 0,
+            }
+        }
+        fn write32(&self, off: u64, v: u32) {
+            let mut st = self.st.lock();
+            if off != u64::from(Engine::Bcs.mmio_base() + reg::ELSP) {
+                return;
+            }
+            st.latch.push(v);
+            if st.latch.len() < 4 {
+                return;
+            }
+            let (id, lo) = (st.latch[2], st.latch[3]);
+            st.latch.clear();
+            st.submitted.push((id, lo));
+            match (st.mode, id) {
+                (0, _) => {
+                    st.push(1, 0);
+                    st.push(0x18, id);
+                }
+                (_, WORK_ID) => st.push(1, 0),
+                (1, _) => {
+                    st.push(CSB_PREEMPTED | 1, WORK_ID);
+                    st.push(0x18, PREEMPT_ID);
+                }
+                _ => {
+                    st.push(0x18, WORK_ID);
+                    st.push(1, 0);
+                    st.push(0x18, PREEMPT_ID);
+                }
+            }
+        }
+    }
+
+    /// DMA memory as pages in a map.
+    #[derive(Default)]
+    struct MapDma(Mutex<(u64, HashMap<u64, Vec<u8>>)>);
+    impl DmaSpace for MapDma {
+        fn alloc_page(&self) -> Option<u64> {
+            let mut m = self.0.lock();
+            m.0 += PAGE_SIZE;
+            let at = m.0;
+            m.1.insert(at, vec![0; PAGE_SIZE as usize]);
+            Some(at)
+        }
+        fn free_page(&self, iova: u64) {
+            self.0.lock().1.remove(&iova);
+        }
+        fn write(&self, iova: u64, data: &[u8]) -> bool {
+            let mut m = self.0.lock();
+            let (page, off) = (iova & !(PAGE_SIZE - 1), (iova % PAGE_SIZE) as usize);
+            match m.1.get_mut(&page).and_then(|p| p.get_mut(off..off + data.len())) {
+                Some(d) => {
+                    d.copy_from_slice(data);
+                    true
+                }
+                None => false,
+            }
+        }
+        fn read(&self, iova: u64, buf: &mut [u8]) -> bool {
+            let m = self.0.lock();
+            let (page, off) = (iova & !(PAGE_SIZE - 1), (iova % PAGE_SIZE) as usize);
+            match m.1.get(&page).and_then(|p| p.get(off..off + buf.len())) {
+                Some(d) => {
+                    buf.copy_from_slice(d);
+                    true
+                }
+                None => false,
+            }
+        }
+        fn attach_guest(&self, _guest: Arc<dyn GuestDma>) -> Option<usize> {
+            Some(1)
+        }
+        fn detach_guest(&self, _slot: usize) {}
+    }
+
+    #[test]
+    fn preemption_to_idle_through_elsp() {
+        for (mode, asks, expect_preempted) in [(0u8, false, false), (1, true, true), (2, true, false)] {
+            let bar = Arc::new(ScriptBar::default());
+            bar.st.lock().mode = mode;
+            let dma = Arc::new(MapDma::default());
+            let gpu = VfioGpu::new(bar.clone(), dma.clone(), Gen::Gen9, EngineMask::BCS, 1 << 30);
+            let mut ctx = ShadowContext::with_blank_clean(Gen::Gen9, Engine::Bcs);
+            let mut ring = CmdBuf::new();
+            ring.noop(4);
+            let mut w = ring_workload(&mut ctx, &gpu.layout(Engine::Bcs), &ring);
+            let stop = |_: u64| true;
+            let mut job = HostJob::new(&mut w, None, &mut ctx, false);
+            job.preempt = asks.then_some(&stop as &dyn Fn(u64) -> bool);
+            let rep = gpu.run(Engine::Bcs, job).unwrap();
+            assert_eq!(rep.preempted, expect_preempted, "mode {mode}");
+            let submitted: Vec<u32> = bar.st.lock().submitted.iter().map(|s| s.0).collect();
+            let expected = if asks { vec![WORK_ID, PREEMPT_ID] } else { vec![WORK_ID] };
+            assert_eq!(submitted, expected, "mode {mode}");
+            if asks {
+                // The preemption context: restore inhibit, an empty ring.
+                let lrca = u64::from(bar.st.lock().submitted[1].1 & !0xfff);
+                let st = &gpu.state[Engine::Bcs.index()].lock();
+                let mut page = [0u32; 1024];
+                assert!(gpu.read_back(st, lrca + PAGE_SIZE, page.as_mut_bytes()));
+                assert_eq!(page[idx::CONTEXT_CONTROL] & 1, 1);
+                assert_eq!(page[idx::RING_HEAD], page[idx::RING_TAIL]);
+            }
+        }
     }
 }

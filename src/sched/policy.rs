@@ -146,11 +146,14 @@ impl Policy {
         }
     }
 
+    /// A period ended: each vGPU gets its allocation on top of what it has left, credit capped at
+    /// two allocations and debt at two allocations (bounds in proportion to the weight, so vGPUs
+    /// in debt together, having used an idle one's time, stay in proportion to their weights).
     fn balance(&mut self) {
         self.stage = (self.stage + 1) % self.cfg.stages.max(1);
-        let period = i64::try_from(self.cfg.period_ns).unwrap_or(i64::MAX);
         for s in self.lru.iter_mut() {
-            s.left = if self.stage == 0 { s.alloc } else { s.left.saturating_add(s.alloc).clamp(-period, 2 * s.alloc) };
+            let bound = s.alloc.saturating_mul(2);
+            s.left = if self.stage == 0 { s.alloc } else { s.left.saturating_add(s.alloc).clamp(-bound, bound) };
         }
     }
 
@@ -230,6 +233,16 @@ mod tests {
         // debt for long, nor monopolise the engine with hoarded credit.
         let shares = simulate(&[1, 1], &[50_000, 50_000], 4_000_000_000, |id, now| id == 0 || now > 2_000_000_000);
         assert!(shares[1] > 0.4 * 0.5 && shares[1] < 0.5, "{shares:?}");
+    }
+
+    #[test]
+    fn an_idle_heavy_weights_time_is_shared_by_weight() {
+        // vGPU 2 (weight 8 of 16) never has work: the busy ones share the engine 2:4:2, whatever
+        // debt they ran up using its allocation.
+        let shares = simulate(&[2, 4, 8, 2], &[60_000, 90_000, 50_000, 40_000], 4_000_000_000, |id, _| id != 2);
+        for (s, target) in shares.iter().zip([0.25, 0.5, 0.0, 0.25]) {
+            assert!((s - target).abs() < 0.01, "{shares:?}");
+        }
     }
 
     proptest! {

@@ -31,6 +31,13 @@ pub struct DemoArgs {
     /// No vGPU tries escapes.
     #[arg(long)]
     no_escapes: bool,
+    /// Add a neighbour (type compute) that keeps long batches of heavy draws (20 ms of engine
+    /// time each) queued on the render engine.
+    #[arg(long)]
+    hog: bool,
+    /// Never preempt (as GVT-g): a long batch holds the render engine to its end.
+    #[arg(long)]
+    no_preemption: bool,
     /// Where the SVG timeline goes.
     #[arg(long, default_value = "demo.svg")]
     svg: PathBuf,
@@ -55,7 +62,14 @@ fn config(a: &DemoArgs) -> Result<DemoConfig, String> {
             DemoVgpu { ty, weight: a.weights.get(i).copied(), attacker: !a.no_escapes && i == a.vgpus - 1 }
         })
         .collect();
-    Ok(DemoConfig { platform: a.platform, vgpus, duration: Duration::from_secs_f64(a.duration), ..base })
+    Ok(DemoConfig {
+        platform: a.platform,
+        vgpus,
+        duration: Duration::from_secs_f64(a.duration),
+        hog: a.hog,
+        preemption: !a.no_preemption,
+        ..base
+    })
 }
 
 fn print(r: &DemoReport) {
@@ -66,14 +80,14 @@ fn print(r: &DemoReport) {
     for v in &r.vgpus {
         let rej: Vec<String> = v.rejections.iter().map(|(k, n)| format!("{n} {k}")).collect();
         println!(
-            "{:<5} {:<10} {:>6} {:>9} {:>5} {:>6.2}% ({:>4.1}%) {:>9.1} {:>9.1} {:>9.1}  {}",
+            "{:<5} {:<10} {:>6} {:>9} {:>5} {:>6.2}% {:>7} {:>9.1} {:>9.1} {:>9.1}  {}",
             v.id,
             v.ty,
             v.weight,
             v.completed,
             v.lost(),
             100.0 * v.render_share,
-            100.0 * v.expected_share,
+            v.expected_share.map_or("(frames)".to_string(), |e| format!("({:.1}%)", 100.0 * e)),
             v.latency_us.0,
             v.latency_us.1,
             v.scanned_mb_s(r.wall),
@@ -90,6 +104,22 @@ fn print(r: &DemoReport) {
         for (attempt, (n, reason)) in seen {
             println!("  {n:>3} x {attempt}: {reason}");
         }
+    }
+    for v in r.vgpus.iter().filter(|v| !v.frames.is_empty()) {
+        let ms = |p: f64| v.frame_percentile(p).unwrap_or(0) as f64 / 1e6;
+        println!(
+            "\nvGPU {} ({}) rendered {} frames at {:.1} Hz{}: latency in render-engine time p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms; {} took longer than a refresh ({:.1} ms)",
+            v.id,
+            v.ty,
+            v.frames.len(),
+            1.0 / r.frame_period.as_secs_f64().max(1e-9),
+            if r.preemption { "" } else { " (preemption off)" },
+            ms(50.0),
+            ms(99.0),
+            ms(100.0),
+            v.frames_late(r.frame_period),
+            r.frame_period.as_secs_f64() * 1e3,
+        );
     }
     let busy: Vec<String> =
         r.engines.iter().map(|e| format!("{} {:.0} ms", e.engine.name(), e.busy_ns as f64 / 1e6)).collect();

@@ -36,10 +36,13 @@ pub struct ServeArgs {
     /// waits before its work is preempted.
     #[arg(long, default_value_t = 1000)]
     slice_us: u64,
-    /// Hang timeout, milliseconds of engine time a workload may run without reaching a
-    /// preemption point (or alone on its engine) before it is stopped as hung.
+    /// Hang timeout, milliseconds of engine time a workload may run in one go (without being
+    /// preempted) before it is stopped as hung.
     #[arg(long, default_value_t = 50)]
     hang_timeout_ms: u64,
+    /// Never preempt: a workload runs until it ends or hangs (as under GVT-g).
+    #[arg(long)]
+    no_preemption: bool,
 }
 
 fn custom_type(s: &str) -> Result<VgpuType, String> {
@@ -69,7 +72,11 @@ fn serve_all(args: &ServeArgs) -> Result<(), String> {
         return Err("--slice-us and --hang-timeout-ms must be above 0".into());
     }
     let policy = PolicyConfig { slice_ns: args.slice_us.saturating_mul(1000), ..PolicyConfig::default() };
-    let sched = SchedConfig { policy, hang_timeout_ns: Some(args.hang_timeout_ms.saturating_mul(1_000_000)) };
+    let sched = SchedConfig {
+        policy,
+        hang_timeout_ns: Some(args.hang_timeout_ms.saturating_mul(1_000_000)),
+        preemption: !args.no_preemption,
+    };
     let gpu = GpuManager::software_with(args.platform, GmLayout::DESKTOP, sched).map_err(|e| e.to_string())?;
     for c in &args.custom {
         gpu.add_type(custom_type(c)?).map_err(|e| e.to_string())?;

@@ -26,8 +26,14 @@ pub fn command(buf: &mut CmdBuf, name: &str, len: Option<u32>) {
     buf.dwords.extend((start..start + total - 1).map(|i| i.wrapping_mul(0x9e37_79b9) & 0xffff_fff0));
 }
 
-/// One draw call's worth of state and a 3DPRIMITIVE, as Mesa's iris emits on Gen9.
+/// One draw call's worth of state and a 3DPRIMITIVE of 1,536 vertices, as Mesa's iris emits on
+/// Gen9.
 pub fn draw(buf: &mut CmdBuf) {
+    draw_of(buf, 1536);
+}
+
+/// [`draw`] with a triangle list of `vertices` vertices.
+pub fn draw_of(buf: &mut CmdBuf, vertices: u32) {
     for (name, len) in [
         ("3DSTATE_VERTEX_BUFFERS", Some(1 + 4 * 3)),
         ("3DSTATE_VERTEX_ELEMENTS", Some(1 + 2 * 3)),
@@ -56,11 +62,11 @@ pub fn draw(buf: &mut CmdBuf) {
     ] {
         command(buf, name, len);
     }
-    // 3DPRIMITIVE: a triangle list of 1,536 vertices, one instance.
+    // 3DPRIMITIVE: a triangle list, one instance.
     command(buf, "3DPRIMITIVE", None);
     let n = buf.dwords.len();
     if let Some(p) = buf.dwords.get_mut(n.saturating_sub(6)..) {
-        p.copy_from_slice(&[0x4, 1536, 0, 1, 0, 0]);
+        p.copy_from_slice(&[0x4, vertices, 0, 1, 0, 0]);
     }
 }
 
@@ -72,12 +78,18 @@ pub fn render_batch(draws: usize) -> CmdBuf {
 
 /// [`render_batch`] with its final post-sync write to PPGTT address `done`.
 pub fn render_batch_to(draws: usize, done: u64) -> CmdBuf {
+    render_batch_with(draws, 1536, done)
+}
+
+/// [`render_batch_to`] with draws of `vertices` vertices each: heavy draws make a long batch (on
+/// the software GPU each vertex costs `CostModel::vertex_ns`).
+pub fn render_batch_with(draws: usize, vertices: u32, done: u64) -> CmdBuf {
     let mut b = CmdBuf::new();
     b.pipe_control(1 << 20, PostSync::None, AddrSpace::Ppgtt, 0, 0, false);
     command(&mut b, "STATE_BASE_ADDRESS", None);
     command(&mut b, "3DSTATE_DEPTH_BUFFER", None);
     for i in 0..draws {
-        draw(&mut b);
+        draw_of(&mut b, vertices);
         if i % 16 == 15 {
             b.pipe_control(1 << 12 | 1 << 20, PostSync::None, AddrSpace::Ppgtt, 0, 0, false);
         }
@@ -176,5 +188,9 @@ mod tests {
         assert_eq!(b.stats.commands, 1 + 8 * 4 + 1);
         let m = accepted(Engine::Vcs, &media_batch(4));
         assert_eq!(m.stats.commands, 1 + 7 + 4 * 4 + 2);
+        let heavy = render_batch_with(4, 240_000, 0x2_0000_0000);
+        assert_eq!(accepted(Engine::Rcs, &heavy).stats.commands, accepted(Engine::Rcs, &render_batch(4)).stats.commands);
+        let draws: Vec<u32> = heavy.dwords.windows(3).filter(|w| w[0] == 0x7b00_0005).map(|w| w[2]).collect();
+        assert_eq!(draws, [240_000; 4]);
     }
 }

@@ -1,9 +1,11 @@
 //! The engine of `shadowgpu demo`: one software GPU, several vGPUs of different types and weights,
-//! each driven by the reference guest driver in its own thread with a realistic mix — 3D-shaped
-//! batches on the render engine, blits on the blitter, video-shaped batches on the video engine —
-//! and one of them also trying to escape its vGPU. The report says what each got: workloads,
-//! render-engine share against its weight, latencies, scan throughput, rejections; and which vGPU
-//! occupied each engine over time.
+//! each driven by the reference guest driver in its own thread. Most keep their engines busy with a
+//! realistic mix — 3D-shaped batches on the render engine, blits on the blitter, video-shaped
+//! batches on the video engine — and one of them also tries to escape its vGPU; an `hmi` vGPU
+//! renders one frame per display refresh, as an operator panel does; an optional neighbour
+//! (`hog`) runs long batches of heavy draws. The report says what each got: workloads,
+//! render-engine share against its weight, latencies, the HMI's frame latencies, scan throughput,
+//! rejections; and which vGPU occupied each engine over time.
 //!
 //! ```
 //! use std::time::Duration;
@@ -30,6 +32,8 @@ use crate::guest::{Driver, GuestError, IrqLine};
 use crate::hw::{Engine, Platform};
 use crate::mdev::{GpuManager, IrqTrigger, ManagerError, MdevDevice, VgpuType, IRQ_MSI};
 use crate::mm::GmLayout;
+use crate::host::sim::SimConfig;
+use crate::sched::SchedConfig;
 
 type Mem = Arc<GuestMemoryMmap<()>>;
 
@@ -84,11 +88,23 @@ pub struct DemoConfig {
     pub outstanding: usize,
     /// Draw calls per render batch.
     pub draws: usize,
+    /// Vertices per draw of a render batch (on the software GPU 2 ns of engine time each).
+    pub vertices: u32,
+    /// Add a neighbour (type `compute`, weight 4) that keeps two long batches of heavy draws
+    /// (20 ms of engine time each) queued on the render engine.
+    pub hog: bool,
+    /// Preempt work past its slice (off: as GVT-g, a long batch holds the engine to its end).
+    pub preemption: bool,
+    /// Display refresh period an `hmi` vGPU renders its frames at.
+    pub frame_period: Duration,
+    /// Draw calls per HMI frame.
+    pub frame_draws: usize,
 }
 
 impl Default for DemoConfig {
-    /// Four vGPUs on a Coffee Lake: `GVTg_V5_8` (weight 2), `GVTg_V5_4` (4), `hmi` (8) and `batch`
-    /// (2, also trying escapes), for 4 seconds.
+    /// Four vGPUs on a Coffee Lake: `GVTg_V5_8` (weight 2), `GVTg_V5_4` (4), `hmi` (8, 60 frames a
+    /// second of 64 draws) and `batch` (2, also trying escapes), for 4 seconds; no hog; preemption
+    /// on.
     fn default() -> Self {
         let v = |ty: &str, attacker| DemoVgpu { ty: ty.into(), weight: None, attacker };
         DemoConfig {
@@ -97,6 +113,11 @@ impl Default for DemoConfig {
             duration: Duration::from_secs(4),
             outstanding: 8,
             draws: 8,
+            vertices: 65_536,
+            hog: false,
+            preemption: true,
+            frame_period: Duration::from_micros(16_667),
+            frame_draws: 64,
         }
     }
 }
@@ -112,6 +133,31 @@ pub struct Escape {
     pub reason: String,
 }
 
+/// What a guest thread does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// Keeps render, blit and video work queued (and tries escapes when `attacker`).
+    Mix {
+        /// Also tries escapes.
+        attacker: bool,
+    },
+    /// Renders one frame per display refresh and waits for it (an `hmi` vGPU).
+    Frames,
+    /// Keeps two long batches of heavy draws queued on the render engine.
+    Hog,
+}
+
+/// One HMI frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Frame {
+    /// When it was submitted, from the start of the run.
+    pub at: Duration,
+    /// Submission to completion, wall time, ns.
+    pub wall_ns: u64,
+    /// Submission to completion in render-engine time (the engine's busy time that passed), ns.
+    pub engine_ns: u64,
+}
+
 /// One vGPU's results.
 #[derive(Clone, Debug, PartialEq)]
 pub struct VgpuReport {
@@ -121,6 +167,8 @@ pub struct VgpuReport {
     pub ty: String,
     /// Weight.
     pub weight: u8,
+    /// What its guest did.
+    pub role: Role,
     /// Workloads the guest submitted and the device accepted.
     pub accepted: u64,
     /// Completed.
@@ -133,8 +181,9 @@ pub struct VgpuReport {
     pub engine_ns: [u64; 5],
     /// Share of the render engine's time used by the vGPUs.
     pub render_share: f64,
-    /// The share its weight entitles it to.
-    pub expected_share: f64,
+    /// The share its weight entitles it to among the vGPUs that keep the engine busy, of the time
+    /// the HMI frames left (`None` for a vGPU rendering frames, which takes what its frames need).
+    pub expected_share: Option<f64>,
     /// Submission-to-completion latency median and 99th percentile, µs.
     pub latency_us: (f64, f64),
     /// Bytes scanned.
@@ -143,9 +192,25 @@ pub struct VgpuReport {
     pub rejections: BTreeMap<String, u64>,
     /// Escape attempts.
     pub escapes: Vec<Escape>,
+    /// Its frames, for a vGPU rendering frames.
+    pub frames: Vec<Frame>,
 }
 
 impl VgpuReport {
+    /// The `p`th percentile of the frames' latency in engine time, ns.
+    pub fn frame_percentile(&self, p: f64) -> Option<u64> {
+        let mut v: Vec<u64> = self.frames.iter().map(|f| f.engine_ns).collect();
+        v.sort_unstable();
+        let last = v.len().checked_sub(1)?;
+        let i = ((last as f64) * p.clamp(0.0, 100.0) / 100.0).round() as usize;
+        v.get(i).copied()
+    }
+
+    /// Frames whose engine-time latency exceeded `period`.
+    pub fn frames_late(&self, period: Duration) -> usize {
+        self.frames.iter().filter(|f| u128::from(f.engine_ns) > period.as_nanos()).count()
+    }
+
     /// Accepted workloads that neither completed nor failed (must be 0).
     pub fn lost(&self) -> u64 {
         self.accepted.saturating_sub(self.completed + self.failed + self.cancelled)
@@ -179,6 +244,10 @@ pub struct DemoReport {
     pub vgpus: Vec<VgpuReport>,
     /// Per engine.
     pub engines: Vec<EngineReport>,
+    /// The display refresh period HMI frames were rendered at.
+    pub frame_period: Duration,
+    /// Whether the scheduler preempted.
+    pub preemption: bool,
 }
 
 /// What one guest thread counted.
@@ -186,6 +255,8 @@ pub struct DemoReport {
 struct GuestTally {
     accepted: u64,
     escapes: Vec<Escape>,
+    /// Per frame: submission time from the start of the run, wall latency.
+    frames: Vec<(Duration, u64)>,
 }
 
 /// The escapes the attacking guest tries on the blitter, round robin.
@@ -210,11 +281,19 @@ fn escapes() -> Vec<(&'static str, CmdBuf)> {
     v
 }
 
+type Guest<'a> = Driver<&'a MdevDevice<Mem>, Mem>;
+
+/// Engine time of one draw of the hog's batches (`CostModel` default: 2 us + 2 ns per vertex).
+const HOG_VERTICES: u32 = 249_000;
+/// Draws per hog batch: 40 of 0.5 ms, 20 ms of engine time.
+const HOG_DRAWS: usize = 40;
+
 fn guest_thread(
     dev: &MdevDevice<Mem>,
     mem: Mem,
     cfg: &DemoConfig,
-    attacker: bool,
+    role: Role,
+    t0: Instant,
     stop: &AtomicBool,
 ) -> Result<GuestTally, GuestError> {
     let line = IrqLine::default();
@@ -222,8 +301,65 @@ fn guest_thread(
     dev.set_irq(IRQ_MSI, Some(IrqTrigger::Callback(Arc::new(move || l.signal()))))
         .map_err(|e| GuestError::Bus(e.to_string()))?;
     let mut g = Driver::probe_with(dev, mem, (MIB, RAM - MIB), line, PPGTT)?;
+    let tally = match role {
+        Role::Mix { attacker } => mix_guest(&mut g, cfg, attacker, stop)?,
+        Role::Frames => frame_guest(&mut g, cfg, t0, stop)?,
+        Role::Hog => hog_guest(&mut g, stop)?,
+    };
+    dev.vgpu().engines().wait_idle();
+    Ok(tally)
+}
+
+/// An operator panel: one frame of `frame_draws` draws per display refresh, waited for before
+/// the next; a frame that ends past its refresh pushes the next to the refresh after.
+fn frame_guest(g: &mut Guest<'_>, cfg: &DemoConfig, t0: Instant, stop: &AtomicBool) -> Result<GuestTally, GuestError> {
+    let frame = mix::render_batch_to(cfg.frame_draws, g.data_va());
+    let period = cfg.frame_period.max(Duration::from_micros(100));
+    let mut tally = GuestTally::default();
+    let mut next = Instant::now();
+    while !stop.load(Ordering::Relaxed) {
+        let now = Instant::now();
+        if next > now {
+            std::thread::sleep(next - now);
+            continue;
+        }
+        let at = Instant::now();
+        let s = g.submit(Engine::Rcs, &frame)?;
+        tally.accepted += 1;
+        g.wait(Engine::Rcs, s, Duration::from_secs(10))?;
+        tally.frames.push((at.saturating_duration_since(t0), at.elapsed().as_nanos() as u64));
+        while next <= Instant::now() {
+            next += period;
+        }
+    }
+    Ok(tally)
+}
+
+/// A compute-heavy neighbour: two batches of heavy draws (20 ms of engine time each) queued on
+/// the render engine at all times.
+fn hog_guest(g: &mut Guest<'_>, stop: &AtomicBool) -> Result<GuestTally, GuestError> {
+    let batch = mix::render_batch_with(HOG_DRAWS, HOG_VERTICES, g.data_va());
+    let mut tally = GuestTally::default();
+    let mut pending = std::collections::VecDeque::new();
+    while !stop.load(Ordering::Relaxed) {
+        if pending.len() >= 2 {
+            if let Some(s) = pending.pop_front() {
+                g.wait(Engine::Rcs, s, Duration::from_secs(10))?;
+            }
+        }
+        pending.push_back(g.submit(Engine::Rcs, &batch)?);
+        tally.accepted += 1;
+    }
+    for s in pending {
+        g.wait(Engine::Rcs, s, Duration::from_secs(10))?;
+    }
+    Ok(tally)
+}
+
+/// Render, blit and video work queued deep; escapes on the blitter when `attacker`.
+fn mix_guest(g: &mut Guest<'_>, cfg: &DemoConfig, attacker: bool, stop: &AtomicBool) -> Result<GuestTally, GuestError> {
     let data = g.data_va();
-    let render = mix::render_batch_to(cfg.draws, data);
+    let render = mix::render_batch_with(cfg.draws, cfg.vertices, data);
     let blit = mix::blit_batch(1, data);
     let media = mix::media_batch_to(4, data + 8);
     let escapes = escapes();
@@ -287,7 +423,6 @@ fn guest_thread(
             g.wait(e, s, t)?;
         }
     }
-    dev.vgpu().engines().wait_idle();
     Ok(tally)
 }
 
@@ -316,26 +451,41 @@ fn timeline(slices: &[crate::sched::Slice], ids: &[u32]) -> Vec<Vec<u64>> {
 /// Runs the demo; `progress` is called with the fraction of the run done, about ten times a
 /// second.
 pub fn run(cfg: &DemoConfig, progress: &(dyn Fn(f64) + Sync)) -> Result<DemoReport, DemoError> {
-    if cfg.vgpus.is_empty() || cfg.outstanding == 0 {
-        return Err(DemoError::Config("at least one vGPU and one outstanding workload".into()));
+    if cfg.vgpus.is_empty() || cfg.outstanding == 0 || cfg.frame_draws == 0 {
+        return Err(DemoError::Config("at least one vGPU, one outstanding workload and one draw per frame".into()));
     }
     let layout = GmLayout { aperture: 1 << 30, ..GmLayout::DESKTOP };
-    let gpu = GpuManager::software_with_layout(cfg.platform, layout)?;
-    for (name, ap, hid, weight) in [("hmi", 32, 128, 8), ("batch", 32, 128, 2)] {
+    let sched = SchedConfig { preemption: cfg.preemption, ..SchedConfig::default() };
+    // Engines run no faster than real time, so a heavy draw takes the wall time its engine time
+    // says and the guests' wall-clock pacing (frames, queues) meets the engine as on hardware.
+    let sim = SimConfig { layout, real_time: true, ..SimConfig::default() };
+    let gpu = GpuManager::software_sim(cfg.platform, sim, sched)?;
+    for (name, ap, hid, weight) in [("hmi", 32, 128, 8), ("batch", 32, 128, 2), ("compute", 32, 128, 4)] {
         let t = VgpuType::custom(name, ap * MIB, hid * MIB, 2, weight).map_err(|e| DemoError::Config(e.to_string()))?;
         gpu.add_type(t)?;
     }
+    let mut plan: Vec<(String, Option<u8>, Role)> = cfg
+        .vgpus
+        .iter()
+        .map(|v| {
+            let role = if v.ty == "hmi" && !v.attacker { Role::Frames } else { Role::Mix { attacker: v.attacker } };
+            (v.ty.clone(), v.weight, role)
+        })
+        .collect();
+    if cfg.hog {
+        plan.push(("compute".into(), None, Role::Hog));
+    }
     let mut devs = Vec::new();
-    for v in &cfg.vgpus {
+    for (ty, weight, role) in plan {
         let mem: Mem = Arc::new(
             GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), RAM as usize)])
                 .map_err(|e| DemoError::Config(e.to_string()))?,
         );
-        let dev = gpu.create(&v.ty, mem.clone())?;
-        if let Some(w) = v.weight {
+        let dev = gpu.create(&ty, mem.clone())?;
+        if let Some(w) = weight {
             gpu.scheduler().set_weight(dev.vgpu().params().id, w).map_err(|e| DemoError::Config(e.to_string()))?;
         }
-        devs.push((dev, mem, v.attacker, v.weight));
+        devs.push((dev, mem, role, weight));
     }
     gpu.scheduler().set_trace(true);
     let stop = AtomicBool::new(false);
@@ -343,9 +493,9 @@ pub fn run(cfg: &DemoConfig, progress: &(dyn Fn(f64) + Sync)) -> Result<DemoRepo
     let results: Vec<Result<GuestTally, GuestError>> = std::thread::scope(|s| {
         let handles: Vec<_> = devs
             .iter()
-            .map(|(dev, mem, attacker, _)| {
-                let (mem, stop) = (mem.clone(), &stop);
-                s.spawn(move || guest_thread(dev, mem, cfg, *attacker, stop))
+            .map(|(dev, mem, role, _)| {
+                let (mem, stop, role) = (mem.clone(), &stop, *role);
+                s.spawn(move || guest_thread(dev, mem, cfg, role, t0, stop))
             })
             .collect();
         while t0.elapsed() < cfg.duration && !handles.iter().all(|h| h.is_finished()) {
@@ -362,8 +512,6 @@ pub fn run(cfg: &DemoConfig, progress: &(dyn Fn(f64) + Sync)) -> Result<DemoRepo
     progress(1.0);
     let ids: Vec<u32> = devs.iter().map(|(d, ..)| d.vgpu().params().id).collect();
     let weights: Vec<u8> = devs.iter().map(|(d, _, _, w)| w.unwrap_or(d.vgpu().params().weight)).collect();
-    let total_w: u64 = weights.iter().map(|&w| u64::from(w)).sum();
-    let mut vgpus = Vec::new();
     let mut render_total = 0u64;
     let mut stats = Vec::new();
     for ((dev, ..), r) in devs.iter().zip(results) {
@@ -373,28 +521,53 @@ pub fn run(cfg: &DemoConfig, progress: &(dyn Fn(f64) + Sync)) -> Result<DemoRepo
         render_total += st.engine_ns.get(Engine::Rcs.index()).copied().unwrap_or(0);
         stats.push((tally, st));
     }
+    // The vGPUs that keep the engine busy share what the frames left by weight.
+    let rcs_of = |st: &crate::sched::VgpuStats| st.engine_ns.get(Engine::Rcs.index()).copied().unwrap_or(0);
+    let (mut framed_ns, mut busy_w) = (0u64, 0u64);
+    for (((_, _, role, _), (_, st)), &w) in devs.iter().zip(&stats).zip(&weights) {
+        if *role == Role::Frames {
+            framed_ns += rcs_of(st);
+        } else {
+            busy_w += u64::from(w);
+        }
+    }
+    let left = 1.0 - framed_ns as f64 / render_total.max(1) as f64;
     let live = gpu.list();
-    for (((dev, ..), (tally, st)), &weight) in devs.iter().zip(stats).zip(&weights) {
+    let mut vgpus = Vec::new();
+    for (((dev, _, role, _), (tally, st)), &weight) in devs.iter().zip(stats).zip(&weights) {
         let p = dev.vgpu().params();
-        let rcs = st.engine_ns.get(Engine::Rcs.index()).copied().unwrap_or(0);
         let us = |p: f64| st.latency_percentile(p).unwrap_or(0) as f64 / 1000.0;
         let (p50, p99) = (us(50.0), us(99.0));
         let ty = live.iter().find(|v| v.id == p.id).map(|v| v.ty.clone()).unwrap_or_default();
+        // A frame vGPU runs render work only, one workload at a time: its last engine-time
+        // latencies are its frames'.
+        let el = &st.engine_latencies_ns;
+        let skip = el.len().saturating_sub(tally.frames.len());
+        let frames = tally
+            .frames
+            .iter()
+            .zip(el.iter().skip(skip))
+            .map(|(&(at, wall_ns), &engine_ns)| Frame { at, wall_ns, engine_ns })
+            .collect();
+        let expected_share =
+            (*role != Role::Frames).then(|| left * f64::from(weight) / busy_w.max(1) as f64);
         vgpus.push(VgpuReport {
             id: p.id,
             ty,
             weight,
+            role: *role,
             accepted: tally.accepted,
             completed: st.completed,
             failed: st.failed,
             cancelled: st.cancelled,
             engine_ns: st.engine_ns,
-            render_share: rcs as f64 / render_total.max(1) as f64,
-            expected_share: f64::from(weight) / total_w.max(1) as f64,
+            render_share: rcs_of(&st) as f64 / render_total.max(1) as f64,
+            expected_share,
             latency_us: (p50, p99),
             scanned_bytes: st.scanned_bytes,
             rejections: st.rejections,
             escapes: tally.escapes,
+            frames,
         });
     }
     let engines = Engine::ALL
@@ -407,7 +580,14 @@ pub fn run(cfg: &DemoConfig, progress: &(dyn Fn(f64) + Sync)) -> Result<DemoRepo
         })
         .collect();
     gpu.scheduler().set_trace(false);
-    Ok(DemoReport { platform: cfg.platform, wall, vgpus, engines })
+    Ok(DemoReport {
+        platform: cfg.platform,
+        wall,
+        vgpus,
+        engines,
+        frame_period: cfg.frame_period,
+        preemption: cfg.preemption,
+    })
 }
 
 impl DemoReport {
@@ -427,6 +607,7 @@ impl DemoReport {
                     "cancelled": v.cancelled,
                     "lost": v.lost(),
                     "engine_ns": Engine::ALL.iter().map(|e| (e.name(), v.engine_ns.get(e.index()).copied().unwrap_or(0))).collect::<BTreeMap<_, _>>(),
+                    "role": match v.role { Role::Mix { .. } => "mix", Role::Frames => "frames", Role::Hog => "hog" },
                     "render_share": v.render_share,
                     "expected_share": v.expected_share,
                     "latency_us": { "p50": v.latency_us.0, "p99": v.latency_us.1 },
@@ -434,6 +615,7 @@ impl DemoReport {
                     "scanned_mb_s": v.scanned_mb_s(self.wall),
                     "rejections": v.rejections,
                     "escapes": v.escapes.iter().map(|e| serde_json::json!({"attempt": e.attempt, "rejected": e.rejected, "reason": e.reason})).collect::<Vec<_>>(),
+                    "frames": v.frames.iter().map(|f| serde_json::json!({"at_ms": f.at.as_secs_f64() * 1e3, "wall_us": f.wall_ns as f64 / 1e3, "engine_us": f.engine_ns as f64 / 1e3})).collect::<Vec<_>>(),
                 })
             })
             .collect();
@@ -445,6 +627,8 @@ impl DemoReport {
         serde_json::json!({
             "platform": self.platform.short_name(),
             "wall_s": self.wall.as_secs_f64(),
+            "preemption": self.preemption,
+            "frame_period_ms": self.frame_period.as_secs_f64() * 1e3,
             "vgpus": vgpus,
             "engines": engines,
         })

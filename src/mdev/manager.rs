@@ -160,8 +160,15 @@ impl GpuManager {
     /// A manager on a new software GPU with graphics memory `layout` and scheduler settings
     /// `sched` (time slice, hang timeout).
     pub fn software_with(platform: Platform, layout: GmLayout, sched: SchedConfig) -> Result<Self, ManagerError> {
+        GpuManager::software_sim(platform, SimConfig { layout, ..SimConfig::default() }, sched)
+    }
+
+    /// A manager on a new software GPU configured by `sim` (graphics memory layout, cost model,
+    /// real-time pacing; generation and engines come from `platform`) with scheduler settings
+    /// `sched`.
+    pub fn software_sim(platform: Platform, sim: SimConfig, sched: SchedConfig) -> Result<Self, ManagerError> {
         let device = platform.default_device();
-        let cfg = SimConfig { gen: platform.gen(), engines: device.engines(), layout, ..SimConfig::default() };
+        let cfg = SimConfig { gen: platform.gen(), engines: device.engines(), ..sim };
         let gpu: Arc<dyn HostGpu> = Arc::new(SimGpu::new(cfg));
         let sched = Arc::new(Scheduler::new(gpu, sched));
         GpuManager::new(sched, GpuInfo { device, revision: 0x07, layout: cfg.layout, reserve: cfg.reserve })

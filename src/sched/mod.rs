@@ -115,13 +115,23 @@ pub trait Job: Send {
 }
 
 /// Scheduler parameters.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SchedConfig {
     /// Policy parameters (the time slice among them).
     pub policy: PolicyConfig,
-    /// Engine time a workload may run between two preemption points before it counts as hung
-    /// (`None`: the backend's own limit, 50 ms on the software GPU).
+    /// Engine time a workload may run in one go (without being preempted) before it counts as
+    /// hung (`None`: the backend's own limit, 50 ms on the software GPU).
     pub hang_timeout_ns: Option<u64>,
+    /// Preempt a workload past its vGPU's slice when another vGPU waits (default on; off, a
+    /// workload runs until it ends or hangs, as under GVT-g).
+    pub preemption: bool,
+}
+
+impl Default for SchedConfig {
+    /// 1 ms slices in 100 ms balance periods, the backend's hang timeout, preemption on.
+    fn default() -> Self {
+        SchedConfig { policy: PolicyConfig::default(), hang_timeout_ns: None, preemption: true }
+    }
 }
 
 /// Per-engine counters.
@@ -582,7 +592,7 @@ fn engine_loop(inner: &Inner, index: usize) {
         // waits; alone on the engine it runs on.
         let next_check = std::cell::Cell::new(slice_left);
         let preempt = |used: u64| {
-            if used < next_check.get() {
+            if !inner.cfg.preemption || used < next_check.get() {
                 return false;
             }
             next_check.set(used.saturating_add(CONTENTION_POLL_NS));

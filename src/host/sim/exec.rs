@@ -279,7 +279,12 @@ pub(super) struct Exec<'a> {
     pub preemptible: bool,
     /// A command ran in this run: a preemption point before it would make no progress.
     progress: bool,
+    /// When the run started, if the engine runs no faster than real time.
+    pub real_time: Option<std::time::Instant>,
 }
+
+/// How far (ns) a real-time engine may run ahead of the wall clock before it waits.
+pub(super) const PACE_SLACK_NS: u64 = 200_000;
 
 fn addr64(lo: u32, hi: u32) -> u64 {
     (u64::from(lo) | u64::from(hi) << 32) & 0x0000_ffff_ffff_fffc
@@ -314,6 +319,18 @@ impl<'a> Exec<'a> {
             arbitration: true,
             preemptible: false,
             progress: false,
+            real_time: None,
+        }
+    }
+
+    /// On a real-time engine, waits (with the memory locks let go) while this run's engine time
+    /// is ahead of the wall time since it started.
+    fn pace(&self, view: &mut MemView<'a>) {
+        let Some(t0) = self.real_time else { return };
+        let wall = u64::try_from(t0.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        let ahead = self.ns.saturating_sub(wall);
+        if ahead > PACE_SLACK_NS {
+            self.mem.pause(view, || std::thread::sleep(std::time::Duration::from_nanos(ahead)));
         }
     }
 
@@ -656,6 +673,7 @@ impl<'a> Exec<'a> {
         self.buf = cmd;
         self.report.commands += 1;
         self.progress = true;
+        self.pace(view);
         r
     }
 
@@ -860,6 +878,7 @@ impl<'a> Exec<'a> {
             // Another engine or the CPU may signal: let them run between polls.
             self.charge(self.cost.semaphore_poll_ns, "MI_SEMAPHORE_WAIT that is never signalled")?;
             self.mem.pause(view, std::thread::yield_now);
+            self.pace(view);
         }
     }
 

@@ -64,6 +64,10 @@ pub struct SimConfig {
     pub reserve: HostReserve,
     /// Engine time of each kind of work.
     pub cost: CostModel,
+    /// Engines run no faster than real time: a run whose engine time gets ahead of the wall time
+    /// since it started waits, so modelled work (a heavy draw, a video decode) takes as long on
+    /// the wall clock as its engine time says (default off: tests run as fast as the CPU allows).
+    pub real_time: bool,
 }
 
 impl Default for SimConfig {
@@ -75,6 +79,7 @@ impl Default for SimConfig {
             layout: GmLayout::DESKTOP,
             reserve: HostReserve::default(),
             cost: CostModel::default(),
+            real_time: false,
         }
     }
 }
@@ -291,6 +296,7 @@ impl HostGpu for SimGpu {
         let mut exec = Exec::new(&self.mem, &mut slot.core, &self.cfg.cost);
         exec.pphwsp = pphwsp;
         exec.preempt = job.preempt;
+        exec.real_time = self.cfg.real_time.then(std::time::Instant::now);
         if let Some(t) = job.timeout_ns {
             exec.timeout_ns = t;
         }

@@ -31,7 +31,11 @@ struct Rig {
 }
 
 fn rig_with(engine: Engine, cost: CostModel) -> Rig {
-    let gpu = SimGpu::new(SimConfig { cost, ..SimConfig::default() });
+    rig_cfg(engine, SimConfig { cost, ..SimConfig::default() })
+}
+
+fn rig_cfg(engine: Engine, cfg: SimConfig) -> Rig {
+    let gpu = SimGpu::new(cfg);
     let guest = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 16 << 20)]).unwrap();
     let mut vm = gpu.attach_vgpu(Arc::new(guest.clone())).unwrap();
     let mut ggtt = vm.ggtt_writer();
@@ -107,6 +111,24 @@ fn store_data_imm_dword_and_qword_in_both_spaces() {
     assert_eq!(r.guest.read_obj::<u32>(GuestAddress(0x2010)).unwrap(), 0, "not at the GGTT alias");
     assert!(rep.commands >= 6 && rep.engine_ns > 0);
     assert_eq!(rep.bytes_moved, 16);
+}
+
+#[test]
+fn a_real_time_engine_takes_the_wall_time_its_engine_time_says() {
+    // Five draws of 500,000 vertices: 5 ms of engine time, computed in microseconds unless the
+    // engine runs in real time.
+    let mut c = CmdBuf::new();
+    for _ in 0..5 {
+        c.raw(&[0x7b00_0005, 0, 500_000, 0, 1, 0, 0]);
+    }
+    c.store_dword(Ggtt, WIN + 0x100, 1);
+    let mut r = rig_cfg(Engine::Rcs, SimConfig { real_time: true, ..SimConfig::default() });
+    let t0 = std::time::Instant::now();
+    let rep = r.run(&c).unwrap();
+    let wall = t0.elapsed().as_nanos() as u64;
+    assert!(rep.engine_ns >= 5_000_000);
+    assert!(wall + super::exec::PACE_SLACK_NS >= rep.engine_ns, "{wall} ns of wall time for {} ns", rep.engine_ns);
+    assert_eq!(r.ggtt32(WIN + 0x100), 1);
 }
 
 #[test]

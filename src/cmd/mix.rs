@@ -189,7 +189,10 @@ mod tests {
         let m = accepted(Engine::Vcs, &media_batch(4));
         assert_eq!(m.stats.commands, 1 + 7 + 4 * 4 + 2);
         let heavy = render_batch_with(4, 240_000, 0x2_0000_0000);
-        assert_eq!(accepted(Engine::Rcs, &heavy).stats.commands, accepted(Engine::Rcs, &render_batch(4)).stats.commands);
+        assert_eq!(
+            accepted(Engine::Rcs, &heavy).stats.commands,
+            accepted(Engine::Rcs, &render_batch(4)).stats.commands
+        );
         let draws: Vec<u32> = heavy.dwords.windows(3).filter(|w| w[0] == 0x7b00_0005).map(|w| w[2]).collect();
         assert_eq!(draws, [240_000; 4]);
     }

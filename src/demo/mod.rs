@@ -29,10 +29,10 @@ use vm_memory::{GuestAddress, GuestMemoryMmap};
 use crate::cmd::emit::{CmdBuf, PostSync};
 use crate::cmd::{mix, AddrSpace};
 use crate::guest::{Driver, GuestError, IrqLine};
+use crate::host::sim::SimConfig;
 use crate::hw::{Engine, Platform};
 use crate::mdev::{GpuManager, IrqTrigger, ManagerError, MdevDevice, VgpuType, IRQ_MSI};
 use crate::mm::GmLayout;
-use crate::host::sim::SimConfig;
 use crate::sched::SchedConfig;
 
 type Mem = Arc<GuestMemoryMmap<()>>;
@@ -549,8 +549,7 @@ pub fn run(cfg: &DemoConfig, progress: &(dyn Fn(f64) + Sync)) -> Result<DemoRepo
             .zip(el.iter().skip(skip))
             .map(|(&(at, wall_ns), &engine_ns)| Frame { at, wall_ns, engine_ns })
             .collect();
-        let expected_share =
-            (*role != Role::Frames).then(|| left * f64::from(weight) / busy_w.max(1) as f64);
+        let expected_share = (*role != Role::Frames).then(|| left * f64::from(weight) / busy_w.max(1) as f64);
         vgpus.push(VgpuReport {
             id: p.id,
             ty,

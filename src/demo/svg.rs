@@ -70,7 +70,13 @@ pub fn timeline_svg(report: &DemoReport) -> String {
         );
     }
     for (lane, (i, v)) in framed.iter().enumerate() {
-        frame_lane(&mut s, report, v, COLORS.get(i % COLORS.len()).copied().unwrap_or("#000"), frame_top + lane as f64 * (LANE + 30.0));
+        frame_lane(
+            &mut s,
+            report,
+            v,
+            COLORS.get(i % COLORS.len()).copied().unwrap_or("#000"),
+            frame_top + lane as f64 * (LANE + 30.0),
+        );
     }
     let ly = frame_top + framed.len() as f64 * (LANE + 30.0) + 8.0;
     for (i, v) in report.vgpus.iter().enumerate() {
@@ -112,10 +118,8 @@ fn frame_lane(s: &mut String, report: &DemoReport, v: &super::VgpuReport, color:
         if report.preemption { "" } else { ", preemption off" }
     );
     let _ = writeln!(s, r#"<text x="8" y="{:.1}">frames</text>"#, y0 + LANE / 2.0 + 4.0);
-    let _ = writeln!(
-        s,
-        r##"<rect x="{LEFT}" y="{y0:.1}" width="{WIDTH}" height="{LANE}" fill="none" stroke="#999"/>"##
-    );
+    let _ =
+        writeln!(s, r##"<rect x="{LEFT}" y="{y0:.1}" width="{WIDTH}" height="{LANE}" fill="none" stroke="#999"/>"##);
     let yp = y_of(period_ns);
     let _ = writeln!(
         s,

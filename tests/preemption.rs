@@ -13,6 +13,7 @@ use std::time::Duration;
 use shadowgpu::cmd::emit::CmdBuf;
 use shadowgpu::cmd::AddrSpace::Ppgtt;
 use shadowgpu::guest::{Driver, IrqLine};
+use shadowgpu::host::sim::SimConfig;
 use shadowgpu::hw::{Engine, Platform};
 use shadowgpu::mdev::{GpuManager, IrqTrigger, MdevDevice, IRQ_MSI};
 use shadowgpu::mm::GmLayout;
@@ -109,16 +110,22 @@ fn preemption_is_invisible_to_the_guests() {
     assert_eq!(b.breadcrumb(Engine::Rcs).unwrap(), last_b);
 }
 
-/// Keeps the render engine busy with workloads of 50 draws (2.5 ms) until `stop`, 4 in flight.
-fn saturate(mut g: Driver<Dev, Mem>, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<Driver<Dev, Mem>> {
+/// Keeps the render engine busy with workloads of `n` draws of 50 us until `stop`, `depth` in
+/// flight.
+fn saturate(
+    mut g: Driver<Dev, Mem>,
+    n: usize,
+    depth: usize,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<Driver<Dev, Mem>> {
     std::thread::spawn(move || {
         let va = g.data_va();
         let mut seqs = std::collections::VecDeque::new();
         let mut i = 0u32;
         while !stop.load(Ordering::SeqCst) {
-            seqs.push_back(g.submit(Engine::Rcs, &draws(50, va, i)).unwrap());
+            seqs.push_back(g.submit(Engine::Rcs, &draws(n, va, i)).unwrap());
             i += 1;
-            if seqs.len() > 4 {
+            if seqs.len() > depth {
                 let s = seqs.pop_front().unwrap();
                 g.wait(Engine::Rcs, s, T).unwrap();
             }
@@ -145,7 +152,7 @@ fn an_endless_loop_beside_a_busy_victim_gets_only_its_share() {
     start.bb_start(Ppgtt, loop_va, false);
     b.submit_ring(Engine::Rcs, &start).unwrap();
     let stop = Arc::new(AtomicBool::new(false));
-    let victim = saturate(a, stop.clone());
+    let victim = saturate(a, 50, 4, stop.clone());
     // Measure over 400 ms of render engine time once both compete.
     std::thread::sleep(Duration::from_millis(50));
     let (a0, b0) = (render_ns(&dev_a), render_ns(&dev_b));
@@ -182,13 +189,16 @@ fn victim_p99(dev: &Dev, g: &mut Driver<Dev, Mem>, n: usize) -> u64 {
 
 #[test]
 fn the_victims_latency_beside_long_batches_stays_within_two_slices() {
-    let gpu = GpuManager::software(Platform::Skylake).unwrap();
+    // In real time, so the victim's submissions land anywhere in the neighbour's batches.
+    let sim = SimConfig { real_time: true, ..SimConfig::default() };
+    let gpu = GpuManager::software_sim(Platform::Skylake, sim, SchedConfig::default()).unwrap();
     let (dev_a, _mem_a, mut a) = vm(&gpu);
     let alone = victim_p99(&dev_a, &mut a, 200);
     let (_dev_b, _mem_b, b) = vm(&gpu);
     let stop = Arc::new(AtomicBool::new(false));
-    let hog = saturate(b, stop.clone());
-    std::thread::sleep(Duration::from_millis(20));
+    // Batches of 400 draws: 20 ms each, two queued.
+    let hog = saturate(b, 400, 2, stop.clone());
+    std::thread::sleep(Duration::from_millis(30));
     let beside = victim_p99(&dev_a, &mut a, 200);
     stop.store(true, Ordering::SeqCst);
     hog.join().unwrap();

@@ -107,8 +107,9 @@ fn print(r: &DemoReport) {
     }
     for v in r.vgpus.iter().filter(|v| !v.frames.is_empty()) {
         let ms = |p: f64| v.frame_percentile(p).unwrap_or(0) as f64 / 1e6;
+        let wall = |p: f64| v.frame_wall_percentile(p).unwrap_or(0) as f64 / 1e6;
         println!(
-            "\nvGPU {} ({}) rendered {} frames at {:.1} Hz{}: latency in render-engine time p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms; {} took longer than a refresh ({:.1} ms)",
+            "\nvGPU {} ({}) rendered {} frames at {:.1} Hz{}: latency in render-engine time p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms (wall p50 {:.2} ms, p99 {:.2} ms); {} took longer than a refresh ({:.1} ms)",
             v.id,
             v.ty,
             v.frames.len(),
@@ -117,6 +118,8 @@ fn print(r: &DemoReport) {
             ms(50.0),
             ms(99.0),
             ms(100.0),
+            wall(50.0),
+            wall(99.0),
             v.frames_late(r.frame_period),
             r.frame_period.as_secs_f64() * 1e3,
         );
@@ -136,10 +139,11 @@ pub fn run_demo(a: &DemoArgs) -> ExitCode {
         }
     };
     println!(
-        "shadowgpu demo: {} vGPUs on a software {} GPU for {:.1} s",
-        cfg.vgpus.len(),
+        "shadowgpu demo: {} vGPUs on a software {} GPU for {:.1} s{}",
+        cfg.vgpus.len() + usize::from(cfg.hog),
         cfg.platform,
-        cfg.duration.as_secs_f64()
+        cfg.duration.as_secs_f64(),
+        if cfg.preemption { "" } else { ", preemption off" }
     );
     let bar = ProgressBar::new(1000);
     bar.set_style(

@@ -158,6 +158,14 @@ pub struct Frame {
     pub engine_ns: u64,
 }
 
+/// The `p`th percentile (nearest rank) of `v`.
+fn percentile(mut v: Vec<u64>, p: f64) -> Option<u64> {
+    v.sort_unstable();
+    let last = v.len().checked_sub(1)?;
+    let i = ((last as f64) * p.clamp(0.0, 100.0) / 100.0).round() as usize;
+    v.get(i).copied()
+}
+
 /// One vGPU's results.
 #[derive(Clone, Debug, PartialEq)]
 pub struct VgpuReport {
@@ -199,11 +207,12 @@ pub struct VgpuReport {
 impl VgpuReport {
     /// The `p`th percentile of the frames' latency in engine time, ns.
     pub fn frame_percentile(&self, p: f64) -> Option<u64> {
-        let mut v: Vec<u64> = self.frames.iter().map(|f| f.engine_ns).collect();
-        v.sort_unstable();
-        let last = v.len().checked_sub(1)?;
-        let i = ((last as f64) * p.clamp(0.0, 100.0) / 100.0).round() as usize;
-        v.get(i).copied()
+        percentile(self.frames.iter().map(|f| f.engine_ns).collect(), p)
+    }
+
+    /// The `p`th percentile of the frames' latency in wall time, ns.
+    pub fn frame_wall_percentile(&self, p: f64) -> Option<u64> {
+        percentile(self.frames.iter().map(|f| f.wall_ns).collect(), p)
     }
 
     /// Frames whose engine-time latency exceeded `period`.

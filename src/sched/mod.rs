@@ -546,6 +546,8 @@ fn switch_owner(host: &dyn HostGpu, e: &EngineSched, st: &mut EngineState, next:
 
 /// How often, in engine time, a running job past its slice asks whether another vGPU waits.
 const CONTENTION_POLL_NS: u64 = 20_000;
+/// Preemption points between two reads of the wall clock while a job is within its slice.
+const WALL_CHECK_EVERY: u32 = 16;
 
 /// Whether a vGPU other than `id` has work on the engine (or the scheduler stops). Never blocks:
 /// a busy state lock answers no, and the next preemption point asks again.
@@ -589,16 +591,35 @@ fn engine_loop(inner: &Inner, index: usize) {
             (id, q, st.policy.slice_left(id))
         };
         // Past the rest of its slice, the job stops at its next preemption point if another vGPU
-        // waits; alone on the engine it runs on.
+        // waits; alone on the engine it runs on. The slice ends in engine time or in wall time,
+        // whichever comes first: on hardware the two agree, but a backend slower than real time
+        // (the software GPU simulating a tight loop, a descheduled engine thread) must not hold
+        // the engine longer on the wall clock. Only engine time is charged.
+        let t0 = Instant::now();
         let next_check = std::cell::Cell::new(slice_left);
+        let next_wall = std::cell::Cell::new(slice_left);
+        let calls = std::cell::Cell::new(0u32);
         let preempt = |used: u64| {
-            if !inner.cfg.preemption || used < next_check.get() {
+            if !inner.cfg.preemption {
                 return false;
+            }
+            let n = calls.get().wrapping_add(1);
+            calls.set(n);
+            if used < next_check.get() {
+                // The clock is read every WALL_CHECK_EVERY points only: points can be a few
+                // nanoseconds apart.
+                if n % WALL_CHECK_EVERY != 0 {
+                    return false;
+                }
+                let wall = u64::try_from(t0.elapsed().as_nanos()).unwrap_or(u64::MAX);
+                if wall < next_wall.get() {
+                    return false;
+                }
+                next_wall.set(wall.saturating_add(CONTENTION_POLL_NS));
             }
             next_check.set(used.saturating_add(CONTENTION_POLL_NS));
             contended(e, id)
         };
-        let t0 = Instant::now();
         let run = RunControl { preempt: &preempt, timeout_ns: inner.cfg.hang_timeout_ns };
         let result = q.job.execute(host, e.engine, &run);
         let host_wall = t0.elapsed().as_nanos() as u64;
@@ -628,6 +649,10 @@ fn engine_loop(inner: &Inner, index: usize) {
         let (busy_after, requeued) = {
             let mut st = e.state.lock();
             st.policy.charge(id, engine_ns);
+            if preempted {
+                // Its slice is over, however little engine time it used.
+                st.policy.end_slice();
+            }
             st.stats.jobs += u64::from(!preempted);
             st.stats.preemptions += u64::from(preempted);
             let start_ns = st.stats.busy_ns;

@@ -119,9 +119,9 @@ impl Policy {
             .map(|(i, _)| i)?;
         let s = self.lru.remove(pos)?;
         self.lru.push_back(s);
-        if self.current != Some(s.id) {
-            self.slice_used = 0;
-        }
+        // Picked by credit: a new slice, also for the vGPU whose slice just ended if it still
+        // has the most credit (else it would be preempted at its first preemption point).
+        self.slice_used = 0;
         self.current = Some(s.id);
         Some(s.id)
     }
@@ -155,6 +155,11 @@ impl Policy {
             let bound = s.alloc.saturating_mul(2);
             s.left = if self.stage == 0 { s.alloc } else { s.left.saturating_add(s.alloc).clamp(-bound, bound) };
         }
+    }
+
+    /// Ends the current slice: the next pick chooses by credit again.
+    pub fn end_slice(&mut self) {
+        self.slice_used = self.cfg.slice_ns;
     }
 
     /// What is left of `id`'s time slice, ns: the rest of the current slice if `id` holds the
@@ -233,6 +238,23 @@ mod tests {
         // debt for long, nor monopolise the engine with hoarded credit.
         let shares = simulate(&[1, 1], &[50_000, 50_000], 4_000_000_000, |id, now| id == 0 || now > 2_000_000_000);
         assert!(shares[1] > 0.4 * 0.5 && shares[1] < 0.5, "{shares:?}");
+    }
+
+    #[test]
+    fn a_slice_that_ended_early_is_over_and_a_repick_gets_a_whole_one() {
+        let mut p = Policy::new(PolicyConfig::default());
+        p.add(1, 8);
+        p.add(2, 1);
+        // vGPU 2 ran 10 ms before: vGPU 1 has the most credit.
+        p.charge(2, 10_000_000);
+        assert_eq!(p.pick(|_| true), Some(1));
+        p.charge(1, 100_000);
+        // Preempted by the wall clock after 0.1 ms of engine time: the slice is over...
+        p.end_slice();
+        assert_eq!(p.slice_left(1), 0);
+        // ...and vGPU 1, still with the most credit per weight, is picked with a new one.
+        assert_eq!(p.pick(|_| true), Some(1));
+        assert_eq!(p.slice_left(1), PolicyConfig::default().slice_ns);
     }
 
     #[test]

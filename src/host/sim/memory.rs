@@ -305,12 +305,18 @@ impl SimMemory {
     /// Lets go of `view`'s locks while `f` runs (applying its host-page writes first), so others
     /// (the host writing GGTT entries, other engines) make progress while an engine waits, as a
     /// semaphore wait does; the view sees their changes afterwards.
+    ///
+    /// The locks are taken back in the order [`SimMemory::view`] takes them (guests, arena, GGTT):
+    /// a view that took one back while holding a later one waits, with a writer queued between,
+    /// on a view that holds the first and waits for the second (the writers queue ahead of new
+    /// readers), and the engines deadlock.
     pub fn pause<T>(&self, view: &mut MemView<'_>, f: impl FnOnce() -> T) -> T {
         let pending = std::mem::take(&mut view.pending);
         let MemView { guests, arena, ggtt, .. } = view;
-        RwLockReadGuard::unlocked(guests, || {
+        // The innermost `unlocked` re-locks first.
+        RwLockReadGuard::unlocked(ggtt, || {
             RwLockReadGuard::unlocked(arena, || {
-                RwLockReadGuard::unlocked(ggtt, || {
+                RwLockReadGuard::unlocked(guests, || {
                     self.apply(pending);
                     f()
                 })
@@ -557,5 +563,53 @@ impl crate::host::VgpuMemory for SimVgpuMemory {
 
     fn ggtt_writer(&self) -> Box<dyn crate::mm::HostGgtt + Send> {
         Box::new(SimGgttWriter(self.mem.clone()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn engines_pausing_beside_host_writers_never_deadlock() {
+        // Engines that let go of their view while they wait (semaphores, real-time pacing) beside
+        // the host allocating pages and writing GGTT entries: with the locks taken back in another
+        // order than a view takes them, this deadlocked within a few hundred ms.
+        let mem = Arc::new(SimMemory::new(1 << 24));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (done, finished) = std::sync::mpsc::channel();
+        let mut threads = Vec::new();
+        for k in 0..4 {
+            let (mem, stop, done) = (mem.clone(), stop.clone(), done.clone());
+            threads.push(std::thread::spawn(move || {
+                let mut n = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    match k {
+                        0 | 1 => {
+                            let mut v = mem.view(None);
+                            mem.pause(&mut v, std::thread::yield_now);
+                            mem.finish(v);
+                        }
+                        2 => {
+                            if let Some(p) = mem.alloc_page() {
+                                mem.free_page(p);
+                            }
+                        }
+                        _ => mem.write_pte(n % 16, 0),
+                    }
+                    n += 1;
+                }
+                let _ = done.send(());
+            }));
+        }
+        std::thread::sleep(Duration::from_millis(1500));
+        stop.store(true, Ordering::Relaxed);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        for _ in 0..threads.len() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(finished.recv_timeout(left).is_ok(), "the memory locks deadlocked");
+        }
     }
 }

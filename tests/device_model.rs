@@ -103,11 +103,19 @@ fn two_vgpus_cannot_see_each_other() {
     // A keeps a secret in its aperture.
     let (secret_gma, secret_gpa) = a.gm_alloc(4096).unwrap();
     ma.write_obj(0x5ec2_e7e7u32, GuestAddress(secret_gpa)).unwrap();
-    // B copies from A's graphics address into its own memory: rejected, B's engine hangs.
+    // B copies from A's graphics address into its own memory. From a user batch the hardware
+    // refuses a global-GTT copy (a command privilege violation): the copy's command is MI_NOOP.
     let (mine, mine_gpa) = b.gm_alloc(4096).unwrap();
     let mut cmds = CmdBuf::new();
-    cmds.copy_mem_mem(AddrSpace::Ggtt, mine, AddrSpace::Ggtt, secret_gma).bb_end();
-    b.submit(Engine::Rcs, &cmds).unwrap_err();
+    cmds.copy_mem_mem(AddrSpace::Ggtt, mine, AddrSpace::Ggtt, secret_gma);
+    let mut batch = cmds.clone();
+    batch.bb_end();
+    let s = b.submit(Engine::Rcs, &batch).unwrap();
+    b.wait(Engine::Rcs, s, T).unwrap();
+    assert_eq!(mb.read_obj::<u32>(GuestAddress(mine_gpa)).unwrap(), 0);
+    assert_eq!(db.vgpu().engines().stats().unwrap().dropped_commands, 1);
+    // From its ring (privileged): rejected, B's engine hangs.
+    b.submit_ring(Engine::Rcs, &cmds).unwrap_err();
     assert_eq!(mb.read_obj::<u32>(GuestAddress(mine_gpa)).unwrap(), 0);
     let rej = db.vgpu().engines().stats().unwrap().rejections;
     assert_eq!(rej.values().sum::<u64>(), 1, "{rej:?}");
@@ -119,8 +127,8 @@ fn two_vgpus_cannot_see_each_other() {
     assert_eq!(u64::from_le_bytes(q), 0, "B does not own that entry");
     // A still works and still reads its secret through its own engine; B recovers after reset.
     let mut cmds = CmdBuf::new();
-    cmds.copy_mem_mem(AddrSpace::Ppgtt, a.data_va(), AddrSpace::Ggtt, secret_gma).bb_end();
-    let s = a.submit(Engine::Rcs, &cmds).unwrap();
+    cmds.copy_mem_mem(AddrSpace::Ppgtt, a.data_va(), AddrSpace::Ggtt, secret_gma);
+    let s = a.submit_ring(Engine::Rcs, &cmds).unwrap();
     a.wait(Engine::Rcs, s, T).unwrap();
     assert_eq!(ma.read_obj::<u32>(GuestAddress(a.ppgtt_gpa(a.data_va()).unwrap())).unwrap(), 0x5ec2_e7e7);
     b.reset_engine(Engine::Rcs).unwrap();

@@ -106,6 +106,10 @@ pub enum Reason {
         /// Access attempted.
         access: RegAccess,
     },
+    /// An engine context loading a register of the ring context (ring, batch state, roots), which
+    /// only the host fills.
+    #[error("the engine context may not load ring-context register {0:#x}")]
+    RingContextRegister(u32),
     /// A FORCE_TO_NONPRIV write with a value outside the whitelist.
     #[error("FORCE_TO_NONPRIV {reg:#x} may not expose register {value:#x}")]
     NonprivValue {

@@ -9,7 +9,7 @@ use super::regs::{self, RegAccess, RegPolicy, REG_OFFSET_MASK};
 use super::scan::{BufCtx, Flow, ScanObserver, Scanner};
 use super::table::{BlitKind, CmdDesc, Handler};
 use super::workload::{Events, Reloc, RootLoad};
-use crate::hw::Gen;
+use crate::hw::{lrc, nonpriv, Gen};
 
 const MI_BATCH_BUFFER_START_PPGTT: u32 = 1 << 8;
 const MI_BATCH_BUFFER_START_2ND_LEVEL: u32 = 1 << 22;
@@ -105,11 +105,70 @@ where
     }
 
     fn register(&self, reg: u32, access: RegAccess) -> Result<RegPolicy, Reason> {
-        let policy = regs::policy(self.p.engine, reg);
+        let policy = regs::policy(self.p.gen, self.p.engine, reg);
         if policy.allows(access) {
             Ok(policy)
         } else {
             Err(Reason::RegisterNotAllowed { reg, access })
+        }
+    }
+
+    /// Register accesses of a non-privileged batch (one started in the PPGTT): whether each of
+    /// `accesses` is one the hardware lets such a batch make. If one is not, the access is
+    /// recorded as dropped and `false` returned: the caller turns the command into what the
+    /// hardware makes of it (MI_NOOP) instead of refusing the workload. Always `true` for
+    /// privileged buffers, whose accesses [`Self::register`] audits strictly.
+    fn user_registers(&mut self, ctx: BufCtx, accesses: impl IntoIterator<Item = (u32, RegAccess)>) -> bool {
+        if ctx.space() != AddrSpace::Ppgtt {
+            return true;
+        }
+        let (gen, engine) = (self.p.gen, self.p.engine);
+        let mut allowed = true;
+        for (reg, access) in accesses {
+            if !regs::user_allows(gen, engine, reg, access) {
+                self.out.drop_access(reg, access);
+                allowed = false;
+            }
+        }
+        allowed
+    }
+
+    /// Makes the command MI_NOOP in the copy (a non-privileged access the hardware drops).
+    fn noop(&mut self, cmd: &mut [u32]) -> Result<Flow, Reason> {
+        cmd.fill(0);
+        self.patched();
+        Ok(Flow::Next)
+    }
+
+    /// Whether the hardware refuses `cmd` as a whole from a non-privileged batch (a command
+    /// privilege violation: a privileged MI command, a global-GTT access by MI_STORE_DATA_IMM,
+    /// MI_LOAD/STORE_REGISTER_MEM or MI_COPY_MEM_MEM, a register poll), as `hw::nonpriv` and the
+    /// software GPU model it. Register accesses are [`Self::user_registers`]' business.
+    fn privilege_violation(&self, desc: &CmdDesc, cmd: &[u32]) -> bool {
+        let ggtt22 = dw(cmd, 0) & MI_USE_GGTT != 0;
+        match desc.handler {
+            Handler::Reject(_) => true,
+            Handler::Generic => dw(cmd, 0) >> 29 == 0 && nonpriv::PRIVILEGED_COMMANDS.contains(&desc.name),
+            Handler::Lrm | Handler::Srm | Handler::StoreDataImm => ggtt22,
+            Handler::CopyMemMem => ggtt22 || dw(cmd, 0) & (1 << 21) != 0,
+            Handler::SemaphoreWait => self.p.gen == Gen::Gen9 && dw(cmd, 0) & (1 << 16) != 0,
+            _ => false,
+        }
+    }
+
+    /// A non-privileged batch's other global-GTT selections (MI_SEMAPHORE_WAIT, MI_ATOMIC and
+    /// MI_CONDITIONAL_BATCH_BUFFER_END, PIPE_CONTROL and MI_FLUSH_DW post-syncs) are taken in the
+    /// PPGTT ("ignored and treated as if clear"); the copy runs privileged, so the copy clears them.
+    fn user_ggtt_selections(&mut self, desc: &CmdDesc, cmd: &mut [u32]) {
+        let (i, bit) = match desc.handler {
+            Handler::SemaphoreWait | Handler::Atomic | Handler::CondBbEnd => (0, MI_USE_GGTT),
+            Handler::PipeControl if dw(cmd, 1) & PC_STORE_INDEX == 0 => (1, PC_GGTT),
+            Handler::FlushDw if dw(cmd, 0) & FLUSH_DW_STORE_INDEX == 0 => (1, FLUSH_DW_GGTT),
+            _ => return,
+        };
+        if let Some(d) = cmd.get_mut(i).filter(|d| **d & bit != 0) {
+            *d &= !bit;
+            self.patched();
         }
     }
 
@@ -119,6 +178,15 @@ where
 
     /// Runs the handler of `desc` over the shadow copy `cmd` (exactly the command's length).
     pub(super) fn handle(&mut self, desc: &'static CmdDesc, cmd: &mut [u32], ctx: BufCtx) -> Result<Flow, Reason> {
+        if ctx.space() == AddrSpace::Ppgtt && self.privilege_violation(desc, cmd) {
+            // What the hardware does with it in a non-privileged batch: a non-fatal command
+            // privilege violation, the command replaced by MI_NOOP.
+            self.out.stats.dropped_commands = self.out.stats.dropped_commands.saturating_add(1);
+            return self.noop(cmd);
+        }
+        if ctx.space() == AddrSpace::Ppgtt {
+            self.user_ggtt_selections(desc, cmd);
+        }
         let dw0 = dw(cmd, 0);
         match desc.handler {
             Handler::Generic => {
@@ -156,18 +224,28 @@ where
             Handler::Lri => self.lri(cmd, ctx),
             Handler::Lrm => {
                 need_len(cmd, cmd.len() == 4, "4")?;
+                if !self.user_registers(ctx, [(dw(cmd, 1) & REG_OFFSET_MASK, RegAccess::Write)]) {
+                    return self.noop(cmd);
+                }
                 self.register(dw(cmd, 1) & REG_OFFSET_MASK, RegAccess::Write)?;
                 self.access(self.mi_space(dw0 & MI_USE_GGTT != 0), "source", addr(cmd, 2, 2), 4)?;
                 Ok(Flow::Next)
             }
             Handler::Srm => {
                 need_len(cmd, cmd.len() == 4, "4")?;
+                if !self.user_registers(ctx, [(dw(cmd, 1) & REG_OFFSET_MASK, RegAccess::Read)]) {
+                    return self.noop(cmd);
+                }
                 self.register(dw(cmd, 1) & REG_OFFSET_MASK, RegAccess::Read)?;
                 self.access(self.mi_space(dw0 & MI_USE_GGTT != 0), "destination", addr(cmd, 2, 2), 4)?;
                 Ok(Flow::Next)
             }
             Handler::Lrr => {
                 need_len(cmd, cmd.len() == 3, "3")?;
+                let (src, dst) = (dw(cmd, 1) & REG_OFFSET_MASK, dw(cmd, 2) & REG_OFFSET_MASK);
+                if !self.user_registers(ctx, [(src, RegAccess::Read), (dst, RegAccess::Write)]) {
+                    return self.noop(cmd);
+                }
                 self.register(dw(cmd, 1) & REG_OFFSET_MASK, RegAccess::Read)?;
                 self.register(dw(cmd, 2) & REG_OFFSET_MASK, RegAccess::Write)?;
                 Ok(Flow::Next)
@@ -179,7 +257,7 @@ where
                 Ok(Flow::Next)
             }
             Handler::FlushDw => self.flush_dw(cmd),
-            Handler::PipeControl => self.pipe_control(cmd),
+            Handler::PipeControl => self.pipe_control(cmd, ctx),
             Handler::Atomic => {
                 let inline = dw0 & (1 << 18) != 0;
                 need_len(cmd, cmd.len() == if inline { 11 } else { 3 }, "3, or 11 with inline data")?;
@@ -249,7 +327,10 @@ where
     fn bb_start(&mut self, cmd: &mut [u32], ctx: BufCtx) -> Result<Flow, Reason> {
         let dw0 = dw(cmd, 0);
         need_len(cmd, cmd.len() == 3, "3")?;
-        let space = if dw0 & MI_BATCH_BUFFER_START_PPGTT != 0 { AddrSpace::Ppgtt } else { AddrSpace::Ggtt };
+        // A non-privileged batch's batch starts are all taken in the PPGTT, as the hardware takes
+        // its other global-GTT selections.
+        let ppgtt = dw0 & MI_BATCH_BUFFER_START_PPGTT != 0 || ctx.space() == AddrSpace::Ppgtt;
+        let space = if ppgtt { AddrSpace::Ppgtt } else { AddrSpace::Ggtt };
         let second = dw0 & MI_BATCH_BUFFER_START_2ND_LEVEL != 0;
         let mut target = addr(cmd, 1, 2);
         if self.p.gen == Gen::Gen8 {
@@ -262,12 +343,7 @@ where
                 }
                 target &= (1 << 48) - 1;
             }
-            AddrSpace::Ggtt => {
-                if ctx.space() == AddrSpace::Ppgtt {
-                    return Err(Reason::Nesting("a PPGTT (non-privileged) batch may not start a GGTT batch"));
-                }
-                self.access(AddrSpace::Ggtt, "batch buffer", target, 4)?;
-            }
+            AddrSpace::Ggtt => self.access(AddrSpace::Ggtt, "batch buffer", target, 4)?,
         }
         let (level, flow) = match (ctx.level(), second) {
             (0, false) => (1, Flow::Next),
@@ -285,11 +361,14 @@ where
 
     fn lri(&mut self, cmd: &mut [u32], ctx: BufCtx) -> Result<Flow, Reason> {
         need_len(cmd, cmd.len() >= 3 && cmd.len() % 2 == 1, "1 + 2n with n >= 1")?;
-        // Register/value pairs the copy drops (host-owned registers i915 writes); a root load from
-        // a non-privileged batch makes the whole command MI_NOOP, as the hardware does with a
-        // load of a register such a batch may not write.
+        // A non-privileged batch's load of a register it may not write makes the whole command
+        // MI_NOOP, as the hardware does ("will convert this command to a NOOP").
+        let pairs = cmd.get(1..).unwrap_or_default().chunks_exact(2);
+        if !self.user_registers(ctx, pairs.map(|p| (dw(p, 0) & REG_OFFSET_MASK, RegAccess::Write))) {
+            return self.noop(cmd);
+        }
+        // Register/value pairs the copy drops (host-owned registers i915 writes).
         let mut dropped: u128 = 0;
-        let mut noop = false;
         let mut k = 1;
         while k + 1 < cmd.len() {
             let bit = 1u128
@@ -297,13 +376,15 @@ where
                 .ok_or(Reason::BadLength { len: cmd.len() as u32, expected: "at most 128 registers" })?;
             let reg = dw(cmd, k) & REG_OFFSET_MASK;
             let value = dw(cmd, k + 1);
+            if ctx.kind == BufferKind::Context && lrc::ring_context_only(self.p.gen, self.p.engine, reg) {
+                // The ring context is the host's (ring, where a preempted run resumes, roots).
+                return Err(Reason::RingContextRegister(reg));
+            }
             match self.register(reg, RegAccess::Write) {
                 Ok(_) => {}
-                Err(e) => match regs::policy(self.p.engine, reg) {
+                Err(e) => match regs::policy(self.p.gen, self.p.engine, reg) {
                     RegPolicy::ForceNonpriv if regs::nonpriv_value_allowed(self.p.engine, value) => {}
                     RegPolicy::ForceNonpriv => return Err(Reason::NonprivValue { reg, value }),
-                    // A non-privileged batch cannot load a page-table root: the hardware drops it.
-                    RegPolicy::PageTableRoot if ctx.space() == AddrSpace::Ppgtt => noop = true,
                     RegPolicy::PageTableRoot => self.out.root_loads.push(RootLoad {
                         buffer: ctx.id,
                         cmd: ctx.dword,
@@ -318,10 +399,7 @@ where
             }
             k += 2;
         }
-        if noop {
-            cmd.fill(0);
-            self.patched();
-        } else if dropped != 0 {
+        if dropped != 0 {
             drop_pairs(cmd, dropped);
             self.patched();
         }
@@ -369,7 +447,7 @@ where
         Ok(Flow::Next)
     }
 
-    fn pipe_control(&mut self, cmd: &mut [u32]) -> Result<Flow, Reason> {
+    fn pipe_control(&mut self, cmd: &mut [u32], ctx: BufCtx) -> Result<Flow, Reason> {
         need_len(cmd, cmd.len() >= 5, "at least 5")?;
         let dw1 = dw(cmd, 1);
         if dw1 & NOTIFY != 0 {
@@ -384,6 +462,9 @@ where
             // requires the memory post-sync operation to be "no write" then.
             if (dw1 >> 14) & 3 != 0 {
                 return Err(Reason::Undefined("PIPE_CONTROL with both a register and a memory post-sync write"));
+            }
+            if !self.user_registers(ctx, [(dw(cmd, 2) & REG_OFFSET_MASK, RegAccess::Write)]) {
+                return self.noop(cmd);
             }
             self.register(dw(cmd, 2) & REG_OFFSET_MASK, RegAccess::Write)?;
             return Ok(Flow::Next);

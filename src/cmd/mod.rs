@@ -26,6 +26,8 @@ pub use memory::{
 pub(crate) use scan::fault_reason;
 pub use scan::{scan_context_image, scan_dwords, scan_ring, RingSpec, ScanLimits, ScanObserver, ScanParams, Verdict};
 pub use table::{AddrField, AddrSel, CmdDesc, CommandTable, Decoded, Handler, Length};
-pub use workload::{BufferId, Events, Reloc, RootLoad, ScanStats, ScannedWorkload, ShadowBuffer};
+pub use workload::{
+    BufferId, DroppedAccess, Events, Reloc, RootLoad, ScanStats, ScannedWorkload, ShadowBuffer, MAX_DROPPED_KINDS,
+};
 #[cfg(test)]
 mod scan_tests;

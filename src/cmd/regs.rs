@@ -9,10 +9,10 @@
 //! control, status page, execlist and interrupt registers, page-table roots (handled separately),
 //! display, GTT, fences, power management and reset.
 
-use crate::hw::Engine;
+use crate::hw::{nonpriv, Engine, Gen};
 
 /// How a command accesses a register.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum RegAccess {
     /// The register's value is read (MI_STORE_REGISTER_MEM, the source of MI_LOAD_REGISTER_REG).
     Read,
@@ -72,7 +72,7 @@ static ENGINE_RELATIVE: &[Range] = &[
     r(0x110, 0x120, RO),            // BB state / 2nd-level BB address
     r(0x140, 0x144, RO),            // RING_BBADDR
     r(0x150, 0x158, RO),            // context image, unnamed
-    r(0x158, 0x15c, RO),            // RING_BB_OFFSET
+    r(0x158, 0x15c, RW),            // RING_BB_OFFSET (user-writable, context image)
     r(0x168, 0x16c, RO),            // RING_BBADDR_UDW
     r(0x170, 0x174, RO),            // context image, unnamed
     r(0x178, 0x180, RO),            // context image, unnamed
@@ -90,13 +90,21 @@ static ENGINE_RELATIVE: &[Range] = &[
 static RENDER_GLOBAL: &[Range] = &[
     r(0x2088, 0x208c, RW), // FF_SLICE_CHICKEN
     r(0x2090, 0x2094, RW), // 3D_CHICKEN3 (i915's gen9 indirect-context workaround batch)
+    r(0x20d8, 0x20dc, RW), // CS_DEBUG_MODE2 (Gen9; user-writable, context-saved; Mesa's first batch)
     r(0x20e0, 0x20f0, RW), // FF_SLICE_CS_CHICKEN1/2, CS_DEBUG_MODE1
     r(0x21f0, 0x21f4, RW), // read and restored by Windows drivers (GVT-g issue #60)
     r(0x2248, 0x224c, RW), // FORCE_NONPRIV-listed
-    r(0x2290, 0x2298, RO), // CS_INVOCATION_COUNT
-    r(0x2300, 0x2358, RO), // HS/DS/IA/VS/GS/CL/PS statistics, PS_DEPTH_COUNT
+    r(0x2290, 0x2298, RW), // GPGPU_THREADS_DISPATCHED (the rest of this block: user-writable, context-saved)
+    r(0x22c8, 0x22d0, RW), // PS_INVOCATION_COUNT_0
+    r(0x22d8, 0x22e0, RW), // PS_DEPTH_COUNT_0
+    r(0x22f0, 0x2300, RW), // PS_INVOCATION_COUNT_1, PS_DEPTH_COUNT_1
+    r(0x2300, 0x2348, RW), // HS/DS/IA/VS/GS/CL statistics
+    r(0x2348, 0x2358, RO), // PS_INVOCATION_COUNT, PS_DEPTH_COUNT (their Gen7 places)
+    r(0x2360, 0x2368, RW), // OA_CTX_CONTROL, OACTXID
     r(0x2400, 0x2420, RW), // MI_PREDICATE_SRC0/1, DATA, RESULT
-    r(0x2430, 0x2448, RW), // 3DPRIM_END_OFFSET .. 3DPRIM_BASE_VERTEX
+    r(0x2420, 0x2424, RW), // 3DPRIM_END_OFFSET
+    r(0x2430, 0x2444, RW), // 3DPRIM_START_VERTEX .. 3DPRIM_BASE_VERTEX
+    r(0x2448, 0x2458, RW), // PS_INVOCATION_COUNT_2, PS_DEPTH_COUNT_2
     r(0x2500, 0x250c, RW), // GPGPU_DISPATCHDIMX/Y/Z
     r(0x2580, 0x2584, RW), // CS_CHICKEN1 (preemption control, written by Mesa)
     r(0x2690, 0x269c, RW), // FORCE_NONPRIV-listed
@@ -139,10 +147,15 @@ fn find(list: &[Range], off: u32) -> Option<RegPolicy> {
     list.get(i).filter(|x| x.start <= off).map(|x| x.policy)
 }
 
-/// The policy for register `reg` (a byte offset in the MMIO BAR) in a command stream on `engine`.
-pub fn policy(engine: Engine, reg: u32) -> RegPolicy {
+/// The policy for register `reg` (a byte offset in the MMIO BAR) in a privileged command stream
+/// (ring, GGTT batch, workaround batch, context image) on `engine` of `gen`.
+pub fn policy(gen: Gen, engine: Engine, reg: u32) -> RegPolicy {
     if DISCARDED.contains(&reg) {
         return Discard;
+    }
+    if gen == Gen::Gen8 && reg == nonpriv::CS_DEBUG_MODE2 {
+        // A Gen9 register: Gen8 has none there, nor a place for it in the render context.
+        return RegPolicy::Denied;
     }
     let base = engine.mmio_base();
     let relative = reg.checked_sub(base).filter(|&o| o < 0x1000).and_then(|rel| {
@@ -159,6 +172,18 @@ pub fn policy(engine: Engine, reg: u32) -> RegPolicy {
         _ => None,
     };
     relative.or_else(global).unwrap_or(RegPolicy::Denied)
+}
+
+/// Whether a non-privileged batch (one started in the PPGTT) may make `access` to `reg` on
+/// `engine` of `gen`, as the hardware lets it: write the engine's user-mode registers (and, on the
+/// Gen9 render engine, the context-saved registers i915 opens through FORCE_TO_NONPRIV), read
+/// those and whatever a privileged stream may read. Every register such a batch may write is one
+/// a privileged stream may write too (tested): context state, never host or another vGPU's.
+/// What this refuses the hardware drops (a write) or the vGPU hides (a read, see
+/// docs/security.md): the scanner turns the command into MI_NOOP instead of refusing the workload.
+pub fn user_allows(gen: Gen, engine: Engine, reg: u32, access: RegAccess) -> bool {
+    nonpriv::vgpu_writable(gen, engine, reg)
+        || (access == RegAccess::Read && policy(gen, engine, reg).allows(RegAccess::Read))
 }
 
 /// The absolute register ranges some engine's command stream may touch (render and video
@@ -210,11 +235,11 @@ mod tests {
             (0xe194, Write), // HALF_SLICE_CHICKEN7
             (0x2580, Write), // CS_CHICKEN1
         ] {
-            assert!(policy(rcs, reg).allows(acc), "{reg:#x} {acc:?}");
+            assert!(policy(Gen::Gen9, rcs, reg).allows(acc), "{reg:#x} {acc:?}");
         }
-        assert!(policy(Engine::Vcs, 0x1_2600).allows(Write));
-        assert!(policy(Engine::Vcs, 0x1_28a0).allows(Read));
-        assert!(policy(Engine::Bcs, 0x2_2200).allows(Write));
+        assert!(policy(Gen::Gen9, Engine::Vcs, 0x1_2600).allows(Write));
+        assert!(policy(Gen::Gen9, Engine::Vcs, 0x1_28a0).allows(Read));
+        assert!(policy(Gen::Gen9, Engine::Bcs, 0x2_2200).allows(Write));
     }
 
     #[test]
@@ -231,16 +256,44 @@ mod tests {
             0x4400,    // GTT control
             0x4_4000,  // display interrupts
         ] {
-            assert_eq!(policy(Engine::Rcs, reg), RegPolicy::Denied, "{reg:#x}");
+            assert_eq!(policy(Gen::Gen9, Engine::Rcs, reg), RegPolicy::Denied, "{reg:#x}");
         }
         // Timestamps are readable, not writable.
-        assert!(!policy(Engine::Rcs, 0x2358).allows(RegAccess::Write));
+        assert!(!policy(Gen::Gen9, Engine::Rcs, 0x2358).allows(RegAccess::Write));
         // An engine cannot reach another engine's registers.
-        assert_eq!(policy(Engine::Vcs, 0x2600), RegPolicy::Denied);
-        assert_eq!(policy(Engine::Bcs, 0x7004), RegPolicy::Denied);
-        assert_eq!(policy(Engine::Rcs, 0x2270), RegPolicy::PageTableRoot);
-        assert_eq!(policy(Engine::Rcs, 0x24d0), RegPolicy::ForceNonpriv);
-        assert_eq!(policy(Engine::Bcs, 0x4_4050), RegPolicy::Discard);
+        assert_eq!(policy(Gen::Gen9, Engine::Vcs, 0x2600), RegPolicy::Denied);
+        assert_eq!(policy(Gen::Gen9, Engine::Bcs, 0x7004), RegPolicy::Denied);
+        assert_eq!(policy(Gen::Gen9, Engine::Rcs, 0x2270), RegPolicy::PageTableRoot);
+        assert_eq!(policy(Gen::Gen9, Engine::Rcs, 0x24d0), RegPolicy::ForceNonpriv);
+        assert_eq!(policy(Gen::Gen9, Engine::Bcs, 0x4_4050), RegPolicy::Discard);
+    }
+
+    #[test]
+    fn what_a_user_batch_may_write_a_privileged_one_may_too() {
+        for gen in [Gen::Gen8, Gen::Gen9] {
+            for engine in Engine::ALL {
+                for reg in (0..0x4_0000).step_by(4) {
+                    if user_allows(gen, engine, reg, RegAccess::Write) {
+                        assert_eq!(policy(gen, engine, reg), RW, "{gen:?} {engine} {reg:#x}");
+                    }
+                }
+            }
+        }
+        use RegAccess::*;
+        // IGT's gem_ctx_isolation: SRM of PS_INVOCATION_COUNT_0, LRM into IA_VERTICES_COUNT.
+        assert!(user_allows(Gen::Gen9, Engine::Rcs, 0x22c8, Read));
+        assert!(user_allows(Gen::Gen9, Engine::Rcs, 0x2310, Write));
+        // Mesa's render-context setup.
+        assert!(user_allows(Gen::Gen9, Engine::Rcs, 0x20d8, Write));
+        assert!(!user_allows(Gen::Gen8, Engine::Rcs, 0x20d8, Write));
+        assert_eq!(policy(Gen::Gen8, Engine::Rcs, 0x20d8), RegPolicy::Denied);
+        // Readable but not writable from a user batch; neither.
+        assert!(
+            user_allows(Gen::Gen9, Engine::Rcs, 0x2358, Read) && !user_allows(Gen::Gen9, Engine::Rcs, 0x2358, Write)
+        );
+        assert!(!user_allows(Gen::Gen9, Engine::Rcs, 0xe100, Write), "a chicken register the hardware guards");
+        assert!(!user_allows(Gen::Gen9, Engine::Rcs, 0x2034, Read));
+        assert!(!user_allows(Gen::Gen9, Engine::Rcs, 0x2248, Write), "CTX_PREEMPT is not context-saved");
     }
 
     #[test]

@@ -258,6 +258,7 @@ where
                 relocs: Vec::new(),
                 root_loads: Vec::new(),
                 events: Events::empty(),
+                dropped: Vec::new(),
                 stats: ScanStats::default(),
             },
             seen: HashMap::new(),

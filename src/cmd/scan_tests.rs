@@ -359,11 +359,15 @@ fn nesting_rules() {
     // A third level.
     let c = case().with(Ggtt, BATCH, &to_l2).with(Ggtt, 0x10_c000, &l3).with(Ggtt, 0x10_e000, &end);
     assert!(matches!(reason(c.scan(ring().bb_start(Ggtt, BATCH, false))), Reason::Nesting(_)));
-    // A PPGTT batch may not start a GGTT one.
+    // A PPGTT batch cannot start a GGTT one: the start is taken in the PPGTT, where nothing is
+    // mapped at that address here.
     let mut up = CmdBuf::new();
     up.bb_start(Ggtt, 0x10_e000, false);
     let c = case().with(Ppgtt, 0x5000, &up).with(Ggtt, 0x10_e000, &end);
-    assert!(matches!(reason(c.scan(ring().bb_start(Ppgtt, 0x5000, false))), Reason::Nesting(_)));
+    assert!(matches!(
+        reason(c.scan(ring().bb_start(Ppgtt, 0x5000, false))),
+        Reason::Unmapped { space: Ppgtt, gma: 0x10_e000 }
+    ));
     // BB_END in the ring.
     assert!(matches!(reason(case().scan(ring().bb_end())), Reason::Nesting(_)));
 }
@@ -491,4 +495,117 @@ fn status_page_at_the_top_of_the_address_space_is_rejected_not_wrapped() {
     let mut c = case();
     c.hwsp = Some(u64::MAX - 8);
     assert!(matches!(reason(c.scan(&b)), Reason::HwspIndex(0x40)));
+}
+
+/// Scans `batch` as a non-privileged batch (started in the PPGTT from the ring) and as a
+/// privileged one (a GGTT batch), returning both results and the non-privileged copy.
+fn both_privileges(batch: &CmdBuf) -> (Result<ScannedWorkload, ScanError>, Result<ScannedWorkload, ScanError>) {
+    let mut b = batch.clone();
+    b.bb_end();
+    let user = case().with(Ppgtt, 0x5000, &b).scan(ring().bb_start(Ppgtt, 0x5000, false));
+    let privileged = case().with(Ggtt, BATCH, &b).scan(ring().bb_start(Ggtt, BATCH, false));
+    (user, privileged)
+}
+
+#[test]
+fn non_privileged_batches_drop_what_the_hardware_drops() {
+    use regs::RegAccess::{Read, Write};
+    // Mesa's render-context setup (CS_DEBUG_MODE2) and IGT gem_ctx_isolation's accesses: what the
+    // hardware lets a user batch do runs unchanged, from either kind of batch.
+    let mut ok = CmdBuf::new();
+    ok.lri(&[(0x20d8, 0x0010_0010)]).srm(0x22c8, Ppgtt, 0x40).lrm(0x2310, Ppgtt, 0x80).lrr(0x2600, 0x2408);
+    let (user, privileged) = both_privileges(&ok);
+    let user = user.unwrap();
+    assert_eq!(user.batches[0].dwords[..ok.dwords.len()], ok.dwords[..], "unchanged");
+    assert_eq!((user.stats.dropped, user.dropped.len()), (0, 0));
+    assert!(privileged.is_ok());
+    // What a user batch may not do: dropped (MI_NOOP, counted by register and direction) from a
+    // non-privileged batch; from a privileged one refused, or for context state (a chicken
+    // register, the context's own root) allowed.
+    for (cmd, drops, privileged_ok) in [
+        (CmdBuf::new().lri(&[(0x2600, 1), (0x2034, 0)]).clone(), vec![(0x2034, Write)], false),
+        (CmdBuf::new().lri(&[(0xe100, 0x0001_0001)]).clone(), vec![(0xe100, Write)], true),
+        (CmdBuf::new().lri(&[(0x2270, 0)]).clone(), vec![(0x2270, Write)], true),
+        (CmdBuf::new().lrm(0x2080, Ppgtt, 0x40).clone(), vec![(0x2080, Write)], false),
+        (CmdBuf::new().srm(0x2034, Ppgtt, 0x40).clone(), vec![(0x2034, Read)], false),
+        (CmdBuf::new().lrr(0x2034, 0x2080).clone(), vec![(0x2034, Read), (0x2080, Write)], false),
+    ] {
+        let (user, privileged) = both_privileges(&cmd);
+        let user = user.unwrap_or_else(|e| panic!("{cmd:x?}: {e}"));
+        let n = cmd.dwords.len();
+        assert!(user.batches[0].dwords[..n].iter().all(|&d| d == 0), "{cmd:x?} becomes MI_NOOP");
+        let got: Vec<(u32, regs::RegAccess)> = user.dropped.iter().map(|d| (d.reg, d.access)).collect();
+        assert_eq!(got, drops, "{cmd:x?}");
+        assert_eq!(user.stats.dropped, drops.len() as u64);
+        assert_eq!(privileged.is_ok(), privileged_ok, "{cmd:x?}");
+    }
+    // An LRI post-sync to a register the batch may not write: the command goes, as on the
+    // software GPU.
+    let mut pc = CmdBuf::new();
+    pc.pipe_control(1 << 23, PostSync::None, Ggtt, 0x2080, 0, false);
+    let (user, privileged) = both_privileges(&pc);
+    let user = user.unwrap();
+    assert!(user.batches[0].dwords[..pc.dwords.len()].iter().all(|&d| d == 0));
+    assert_eq!(user.stats.dropped, 1);
+    assert!(privileged.is_err());
+    // Counts add up per register; distinct kinds are bounded.
+    let mut many = CmdBuf::new();
+    for k in 0..(MAX_DROPPED_KINDS as u32 + 8) {
+        many.lri(&[(0x2034, 0)]).lri(&[(0x4000 + 4 * k, 0)]);
+    }
+    let user = both_privileges(&many).0.unwrap();
+    assert_eq!(user.stats.dropped, 2 * (MAX_DROPPED_KINDS as u64 + 8));
+    assert_eq!(user.dropped.len(), MAX_DROPPED_KINDS);
+    assert_eq!(user.dropped[0], DroppedAccess { reg: 0x2034, access: Write, count: MAX_DROPPED_KINDS as u64 + 8 });
+    // On Gen8 CS_DEBUG_MODE2 is no register: dropped from a user batch, refused from the ring.
+    let mut c = case();
+    c.gen = Gen::Gen8;
+    let mut b = CmdBuf::new();
+    b.lri(&[(0x20d8, 0x0010_0010)]).bb_end();
+    let w = c.with(Ppgtt, 0x5000, &b).scan(ring().bb_start(Ppgtt, 0x5000, false)).unwrap();
+    assert_eq!(w.stats.dropped, 1);
+}
+
+#[test]
+fn non_privileged_batches_run_commands_as_the_hardware_runs_them() {
+    // Privileged commands and global-GTT accesses the hardware refuses from a user batch: MI_NOOP
+    // in the copy, counted; refused from a privileged buffer.
+    let mut arb = CmdBuf::new();
+    arb.raw(&[0x0400_0000]); // MI_ARB_ON_OFF (off)
+    let mut sdi = CmdBuf::new();
+    sdi.store_dword(Ggtt, 0x1000, 0xbad);
+    let mut srm = CmdBuf::new();
+    srm.srm(0x2600, Ggtt, 0x1000);
+    let mut cmm = CmdBuf::new();
+    cmm.copy_mem_mem(Ggtt, 0x1000, Ppgtt, 0);
+    let mut gtt = CmdBuf::new();
+    gtt.raw(&[0x1180_0001, 0x1000, 0]); // MI_UPDATE_GTT
+    for (cmd, privileged_ok) in [(&arb, true), (&sdi, false), (&srm, false), (&cmm, false), (&gtt, false)] {
+        let (user, privileged) = both_privileges(cmd);
+        let user = user.unwrap_or_else(|e| panic!("{cmd:x?}: {e}"));
+        assert!(user.batches[0].dwords[..cmd.dwords.len()].iter().all(|&d| d == 0), "{cmd:x?}");
+        assert_eq!(user.stats.dropped_commands, 1, "{cmd:x?}");
+        assert_eq!(privileged.is_ok(), privileged_ok, "{cmd:x?}");
+    }
+    // Other global-GTT selections are taken in the PPGTT: the copy clears them, nothing is audited
+    // against the windows.
+    let mut flush = CmdBuf::new();
+    flush.pipe_control(0, PostSync::WriteImmediate, Ggtt, 0x1000, 1, false);
+    let (user, privileged) = both_privileges(&flush);
+    let user = user.unwrap();
+    assert_eq!(user.batches[0].dwords[1] & (1 << 24), 0, "PIPE_CONTROL's GGTT bit cleared");
+    assert_eq!(user.stats.dropped_commands, 0);
+    assert!(privileged.is_err(), "outside the windows");
+    let mut atomic = CmdBuf::new();
+    atomic.atomic(0x07, 0, Ggtt, 0x1000);
+    let user = both_privileges(&atomic).0.unwrap();
+    assert_eq!(user.batches[0].dwords[0] & (1 << 22), 0);
+    // A GGTT batch start from a user batch starts a PPGTT batch.
+    let mut b = CmdBuf::new();
+    b.bb_start(Ggtt, 0x6000, false).bb_end();
+    let mut inner = CmdBuf::new();
+    inner.store_dword(Ppgtt, 0x40, 1).bb_end();
+    let w = case().with(Ppgtt, 0x5000, &b).with(Ppgtt, 0x6000, &inner).scan(ring().bb_start(Ppgtt, 0x5000, false));
+    let w = w.unwrap();
+    assert_eq!(w.batches[1].kind, BufferKind::Batch { level: 1, space: Ppgtt, gma: 0x6000 });
 }

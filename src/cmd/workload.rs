@@ -3,6 +3,7 @@
 use bitflags::bitflags;
 
 use super::error::BufferKind;
+use super::regs::RegAccess;
 
 bitflags! {
     /// Interrupts the command stream asked for. The scanner removes the requests from the copy, so
@@ -65,6 +66,21 @@ pub struct RootLoad {
     pub reg: u32,
 }
 
+/// Register accesses of non-privileged batches that the hardware would not make, dropped from the
+/// copy (the command became MI_NOOP), by register and direction.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DroppedAccess {
+    /// The register (absolute offset).
+    pub reg: u32,
+    /// Read (MI_STORE_REGISTER_MEM, an LRR source) or write.
+    pub access: RegAccess,
+    /// How many times in this workload.
+    pub count: u64,
+}
+
+/// Distinct dropped accesses one workload lists; more are counted in [`ScanStats::dropped`] only.
+pub const MAX_DROPPED_KINDS: usize = 32;
+
 /// Counters of one scan.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ScanStats {
@@ -76,6 +92,11 @@ pub struct ScanStats {
     pub bytes_copied: u64,
     /// Commands the scanner rewrote (interrupts removed, writes redirected).
     pub patched: u64,
+    /// Register accesses of non-privileged batches dropped from the copy.
+    pub dropped: u64,
+    /// Commands of non-privileged batches the hardware refuses (command privilege violations),
+    /// made MI_NOOP in the copy.
+    pub dropped_commands: u64,
 }
 
 /// The result of scanning a ring (and every batch it reaches): what will run, and what completion
@@ -92,6 +113,8 @@ pub struct ScannedWorkload {
     pub root_loads: Vec<RootLoad>,
     /// Interrupts to raise at completion.
     pub events: Events,
+    /// Register accesses dropped from non-privileged batches (at most [`MAX_DROPPED_KINDS`]).
+    pub dropped: Vec<DroppedAccess>,
     /// Counters.
     pub stats: ScanStats,
 }
@@ -106,7 +129,18 @@ impl ScannedWorkload {
             relocs: Vec::new(),
             root_loads: Vec::new(),
             events: Events::empty(),
+            dropped: Vec::new(),
             stats: ScanStats::default(),
+        }
+    }
+
+    /// Records a register access of a non-privileged batch that the copy dropped.
+    pub(crate) fn drop_access(&mut self, reg: u32, access: RegAccess) {
+        self.stats.dropped = self.stats.dropped.saturating_add(1);
+        if let Some(d) = self.dropped.iter_mut().find(|d| d.reg == reg && d.access == access) {
+            d.count = d.count.saturating_add(1);
+        } else if self.dropped.len() < MAX_DROPPED_KINDS {
+            self.dropped.push(DroppedAccess { reg, access, count: 1 });
         }
     }
 

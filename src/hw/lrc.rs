@@ -91,6 +91,33 @@ const ENGINE_REGS: &[u32] = &[
     0x654, 0x658, 0x65c, 0x660, 0x664, 0x668, 0x66c, 0x670, 0x674, 0x678, 0x67c, 0x068,
 ];
 
+/// The render engine's non-privileged pipeline state (offsets from the render base, 0x2000), which
+/// the render context saves as the hardware does (in the 3D state of pages 2..; the software GPU
+/// keeps it as a second list after the engine registers): everything a user batch may write
+/// (`hw::nonpriv`: pipeline-statistics counters, MI_PREDICATE, 3DPRIM, GPGPU dispatch, stream-out,
+/// cache mode, GT_MODE, L3 configuration, TD_CTL) that the first list does not hold, so a write
+/// stays in the context that made it (what IGT's `gem_ctx_isolation` checks).
+const RENDER_STATE_GEN8: &[u32] = &[
+    0x290, 0x294, 0x2c8, 0x2cc, 0x2d8, 0x2dc, 0x2f0, 0x2f4, 0x2f8, 0x2fc, 0x300, 0x304, 0x308, 0x30c, 0x310, 0x314,
+    0x318, 0x31c, 0x320, 0x324, 0x328, 0x32c, 0x330, 0x334, 0x338, 0x33c, 0x340, 0x344, 0x360, 0x364, 0x400, 0x404,
+    0x408, 0x40c, 0x410, 0x414, 0x418, 0x420, 0x430, 0x434, 0x438, 0x43c, 0x440, 0x448, 0x44c, 0x450, 0x454, 0x500,
+    0x504, 0x508, 0x3200, 0x3204, 0x3208, 0x320c, 0x3210, 0x3214, 0x3218, 0x321c, 0x3240, 0x3244, 0x3248, 0x324c,
+    0x3250, 0x3254, 0x3258, 0x325c, 0x3280, 0x3284, 0x3288, 0x328c, 0x5000, 0x5004, 0x5008, 0x5034, 0xc400, 0xc404,
+];
+/// Gen9 adds CS_DEBUG_MODE2 and the context-saved registers of i915's whitelist (CS_CHICKEN1,
+/// COMMON_SLICE_CHICKEN2, HDC_CHICKEN1).
+const RENDER_STATE_GEN9: &[u32] = &[
+    0x0d8, 0x290, 0x294, 0x2c8, 0x2cc, 0x2d8, 0x2dc, 0x2f0, 0x2f4, 0x2f8, 0x2fc, 0x300, 0x304, 0x308, 0x30c, 0x310,
+    0x314, 0x318, 0x31c, 0x320, 0x324, 0x328, 0x32c, 0x330, 0x334, 0x338, 0x33c, 0x340, 0x344, 0x360, 0x364, 0x400,
+    0x404, 0x408, 0x40c, 0x410, 0x414, 0x418, 0x420, 0x430, 0x434, 0x438, 0x43c, 0x440, 0x448, 0x44c, 0x450, 0x454,
+    0x500, 0x504, 0x508, 0x580, 0x3200, 0x3204, 0x3208, 0x320c, 0x3210, 0x3214, 0x3218, 0x321c, 0x3240, 0x3244, 0x3248,
+    0x324c, 0x3250, 0x3254, 0x3258, 0x325c, 0x3280, 0x3284, 0x3288, 0x328c, 0x5000, 0x5004, 0x5008, 0x5014, 0x5034,
+    0x5304, 0xc400, 0xc404,
+];
+
+/// Dword index of the render state list's header: right after the engine register list.
+const RENDER_STATE_HEADER: usize = ENGINE_CONTEXT_DWORD + 2 + 2 * ENGINE_REGS.len();
+
 /// Whether the ring context of `engine` on `gen` has the workaround-batch fields (indirect
 /// context, per-context batch): render on Gen8, every engine on Gen9.
 pub const fn has_wa_fields(gen: Gen, engine: Engine) -> bool {
@@ -115,6 +142,28 @@ pub fn ring_context_lists(gen: Gen, engine: Engine) -> [LriList; 3] {
 /// The engine context's register-load list of `engine` on `gen`, in the register-state page.
 pub fn engine_context_list(_gen: Gen, _engine: Engine) -> LriList {
     LriList { header: ENGINE_CONTEXT_DWORD + 1, regs: ENGINE_REGS }
+}
+
+/// The render engine's second engine-context list, its non-privileged pipeline state (`None` for
+/// the other engines, whose non-privileged registers are all in the first list).
+pub fn render_state_list(gen: Gen, engine: Engine) -> Option<LriList> {
+    let regs = match gen {
+        Gen::Gen8 => RENDER_STATE_GEN8,
+        Gen::Gen9 => RENDER_STATE_GEN9,
+    };
+    (engine == Engine::Rcs).then_some(LriList { header: RENDER_STATE_HEADER, regs })
+}
+
+/// Whether `reg` (absolute) is a register of the ring context of `engine` on `gen` that its engine
+/// context does not also hold: the ring, the batch state a preempted run resumes from, the
+/// workaround-batch pointers, CONTEXT_CONTROL, the timestamp and the page-table roots. The host
+/// fills these in the shadow; an engine context that loaded one would override it.
+pub fn ring_context_only(gen: Gen, engine: Engine, reg: u32) -> bool {
+    let Some(rel) = reg.checked_sub(engine.mmio_base()) else {
+        return false;
+    };
+    let in_ring = ring_context_lists(gen, engine).iter().any(|l| l.regs.contains(&rel));
+    in_ring && !engine_context_list(gen, engine).regs.contains(&rel)
 }
 
 /// Bytes of the context image of `engine` on `gen` (status page included).
@@ -143,6 +192,22 @@ mod tests {
                 assert!(last.value_index(last.regs.len() - 1) < ENGINE_CONTEXT_DWORD);
                 let e = engine_context_list(gen, engine);
                 assert!(e.header >= ENGINE_CONTEXT_DWORD && e.value_index(e.regs.len() - 1) < PAGE_DWORDS);
+                if let Some(r) = render_state_list(gen, engine) {
+                    assert!(
+                        e.value_index(e.regs.len() - 1) < r.header && r.value_index(r.regs.len() - 1) < PAGE_DWORDS
+                    );
+                }
+            }
+        }
+        // The render state list is exactly the user-writable render registers the engine list
+        // does not hold, plus the context-saved whitelist.
+        for gen in [Gen::Gen8, Gen::Gen9] {
+            let list = render_state_list(gen, Engine::Rcs).map(|l| l.regs).unwrap_or_default();
+            assert!(list.windows(2).all(|w| w[0] < w[1]));
+            for reg in (0x2000..0x10000).step_by(4) {
+                let rel = reg - 0x2000;
+                let want = crate::hw::nonpriv::vgpu_writable(gen, Engine::Rcs, reg) && !ENGINE_REGS.contains(&rel);
+                assert_eq!(list.contains(&rel), want, "{gen:?} {reg:#x}");
             }
         }
         // The fields the shadow context fills are where the lists put them.
@@ -157,5 +222,12 @@ mod tests {
         assert_eq!(ring_context_lists(Gen::Gen9, Engine::Bcs)[2].value_index(0), idx::BCS_SWCTRL);
         assert_eq!(ENGINE_REGS.len(), 44);
         assert_eq!(lri_header(14), 0x1100_101b);
+        assert!(
+            ring_context_only(Gen::Gen9, Engine::Rcs, 0x2140) && ring_context_only(Gen::Gen9, Engine::Bcs, 0x2_2118)
+        );
+        assert!(!ring_context_only(Gen::Gen8, Engine::Vcs, 0x1_2028), "EXCC is in both on Gen8");
+        assert!(
+            !ring_context_only(Gen::Gen9, Engine::Rcs, 0x2600) && !ring_context_only(Gen::Gen9, Engine::Rcs, 0x140)
+        );
     }
 }

@@ -23,7 +23,8 @@ const RENDER: &[(u32, u32)] = &[
     (0x2300, 0x2348), // HS/DS invocations, IA vertices/primitives, VS/GS/CL counters
     (0x2360, 0x2368), // OA_CTX_CONTROL, OACTXID
     (0x2400, 0x2420), // MI_PREDICATE_SRC0/1, DATA, RESULT, RESULT_1
-    (0x2420, 0x2444), // 3DPRIM_END_OFFSET .. 3DPRIM_BASE_VERTEX
+    (0x2420, 0x2424), // 3DPRIM_END_OFFSET
+    (0x2430, 0x2444), // 3DPRIM_START_VERTEX .. 3DPRIM_BASE_VERTEX
     (0x2448, 0x2458), // PS_INVOCATION_COUNT_2, PS_DEPTH_COUNT_2
     (0x2500, 0x250c), // GPGPU_DISPATCHDIMX/Y/Z
     (0x5200, 0x5220), // SO_NUM_PRIMS_WRITTEN0..3
@@ -33,6 +34,20 @@ const RENDER: &[(u32, u32)] = &[
     (0x7034, 0x7038), // L3CNTLREG
     (0xe400, 0xe408), // TD_CTL, TD_CTL2
 ];
+
+/// Gen9 only: CS_DEBUG_MODE2, the Gen9 home of the "CONSTANT_BUFFER address offset disable" bit
+/// INSTPM carries on Gen8 (Mesa's iris and anv set it from their first user batch, "only safe on
+/// kernels with context isolation support": a context-saved, user-writable register).
+pub const CS_DEBUG_MODE2: u32 = 0x20d8;
+
+/// Render registers i915 opens to user batches through FORCE_TO_NONPRIV on Gen9 (its
+/// `gen9_whitelist_build`) that the render context saves, so a write stays in the context that
+/// made it: CS_CHICKEN1 (mid-batch preemption control), COMMON_SLICE_CHICKEN2 and HDC_CHICKEN1
+/// (IGT's `gem_ctx_isolation` checks each is context-saved on Gen9). i915 also opens CTX_PREEMPT
+/// (0x2248) and, on SKL/KBL, L3SQCREG4 (0xb118); neither is context-saved (IGT marks both
+/// "NOCTX"), so a write would reach every context and every vGPU: they stay closed to
+/// non-privileged batches.
+pub const GEN9_WHITELIST: [u32; 3] = [0x2580, 0x7014, 0x7304];
 
 /// FORCE_TO_NONPRIV slot 0, relative to the engine's base; 12 slots follow.
 pub const FORCE_TO_NONPRIV: u32 = 0x4d0;
@@ -48,16 +63,26 @@ const NONPRIV_RANGE_MASK: u32 = 0x3;
 /// Whether a non-privileged batch on `engine` may write register `reg` (absolute offset) by its
 /// user-mode list alone (the CS general-purpose registers of every engine, the blitter's
 /// BCS_SWCTRL, the render pipeline's counters and state listed above).
-pub fn user_writable(_gen: Gen, engine: Engine, reg: u32) -> bool {
+pub fn user_writable(gen: Gen, engine: Engine, reg: u32) -> bool {
     let base = engine.mmio_base();
     if reg.checked_sub(base).is_some_and(|rel| (0x600..0x680).contains(&rel)) {
         return true;
     }
     match engine {
-        Engine::Rcs => RENDER.iter().any(|&(s, e)| (s..e).contains(&reg)),
+        Engine::Rcs => {
+            RENDER.iter().any(|&(s, e)| (s..e).contains(&reg)) || (gen == Gen::Gen9 && reg == CS_DEBUG_MODE2)
+        }
         Engine::Bcs => reg == base + 0x200,
         _ => false,
     }
+}
+
+/// Whether a non-privileged batch on `engine` may write `reg` on a vGPU: its user-mode list, or on
+/// Gen9 render one of the context-saved registers of i915's whitelist ([`GEN9_WHITELIST`]). The
+/// scanner applies this to batches started in the PPGTT; the rest of the hardware's behaviour
+/// (the slots a guest programmed) does not matter there, since the copies run privileged.
+pub fn vgpu_writable(gen: Gen, engine: Engine, reg: u32) -> bool {
+    user_writable(gen, engine, reg) || (gen == Gen::Gen9 && engine == Engine::Rcs && GEN9_WHITELIST.contains(&reg))
 }
 
 /// Whether FORCE_TO_NONPRIV slot value `slot` lets a non-privileged batch write `reg`.
@@ -98,6 +123,10 @@ mod tests {
         assert!(!user_writable(Gen::Gen9, Engine::Rcs, 0x2080));
         assert!(!user_writable(Gen::Gen9, Engine::Rcs, 0x2270));
         assert!(!user_writable(Gen::Gen9, Engine::Vcs, 0x2600));
+        assert!(user_writable(Gen::Gen9, Engine::Rcs, CS_DEBUG_MODE2));
+        assert!(!user_writable(Gen::Gen8, Engine::Rcs, CS_DEBUG_MODE2), "INSTPM carries the bit on Gen8");
+        assert!(vgpu_writable(Gen::Gen9, Engine::Rcs, 0x7304) && !vgpu_writable(Gen::Gen8, Engine::Rcs, 0x7304));
+        assert!(!vgpu_writable(Gen::Gen9, Engine::Rcs, 0x2248), "CTX_PREEMPT is not context-saved");
         assert!(slot_allows_write(0x2580, 0x2580));
         assert!(!slot_allows_write(0x2348 | 1 << 28 | 1, 0x2350), "a read-only range");
         assert!(slot_allows_write(0x2348 | 1, 0x2354) && !slot_allows_write(0x2348 | 1, 0x2358));

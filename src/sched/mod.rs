@@ -439,6 +439,15 @@ impl Scheduler {
         }
     }
 
+    /// Records what a workload of vGPU `id` had dropped from its copy as the hardware would have.
+    pub fn record_dropped(&self, id: VgpuId, w: &crate::cmd::ScannedWorkload) {
+        if w.stats.dropped != 0 || w.stats.dropped_commands != 0 {
+            if let Ok(s) = self.stats_of(id) {
+                s.lock().dropped(&w.dropped, w.stats.dropped, w.stats.dropped_commands);
+            }
+        }
+    }
+
     /// Starts (or stops) recording which vGPU occupied each engine when ([`Scheduler::take_trace`]).
     pub fn set_trace(&self, on: bool) {
         for e in &self.inner.engines {

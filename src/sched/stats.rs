@@ -2,6 +2,13 @@
 
 use std::collections::BTreeMap;
 
+use crate::cmd::regs::RegAccess;
+use crate::cmd::DroppedAccess;
+
+/// Distinct (register, direction) pairs of dropped accesses kept per vGPU; more are counted in
+/// [`VgpuStats::dropped_total`] only.
+const MAX_DROPPED_KINDS: usize = 256;
+
 /// Latency samples kept per vGPU (the oldest are kept; later ones are counted but not sampled).
 const MAX_SAMPLES: usize = 1 << 20;
 
@@ -29,6 +36,14 @@ pub struct VgpuStats {
     pub engine_latencies_ns: Vec<u64>,
     /// Times a workload was preempted at the end of the vGPU's slice (and resumed later).
     pub preemptions: u64,
+    /// Register accesses of non-privileged batches the copies dropped, as the hardware would
+    /// have, by register and direction.
+    pub dropped_accesses: BTreeMap<(u32, RegAccess), u64>,
+    /// Every dropped access, including those of registers past the map's bound.
+    pub dropped_total: u64,
+    /// Commands of non-privileged batches the copies dropped as the hardware refuses them
+    /// (privileged commands, global-GTT accesses).
+    pub dropped_commands: u64,
 }
 
 impl VgpuStats {
@@ -41,6 +56,21 @@ impl VgpuStats {
     pub(crate) fn engine_latency(&mut self, ns: u64) {
         if self.engine_latencies_ns.len() < MAX_SAMPLES {
             self.engine_latencies_ns.push(ns);
+        }
+    }
+
+    /// Records what a workload's copy dropped: `total` register accesses (`listed` by kind) and
+    /// `commands` whole commands.
+    pub fn dropped(&mut self, listed: &[DroppedAccess], total: u64, commands: u64) {
+        self.dropped_total = self.dropped_total.saturating_add(total);
+        self.dropped_commands = self.dropped_commands.saturating_add(commands);
+        for d in listed {
+            let key = (d.reg, d.access);
+            if let Some(n) = self.dropped_accesses.get_mut(&key) {
+                *n = n.saturating_add(d.count);
+            } else if self.dropped_accesses.len() < MAX_DROPPED_KINDS {
+                self.dropped_accesses.insert(key, d.count);
+            }
         }
     }
 

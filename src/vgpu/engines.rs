@@ -300,6 +300,9 @@ where
         let scanned =
             works.iter().map(|w| w.ring.stats.bytes_copied + w.wa.as_ref().map_or(0, |x| x.stats.bytes_copied)).sum();
         s.sched.record_scanned(s.cfg.id, scanned);
+        for w in &works {
+            s.sched.record_dropped(s.cfg.id, &w.ring);
+        }
         let flags: Vec<Arc<AtomicBool>> = works.iter().map(|_| Arc::new(AtomicBool::new(false))).collect();
         {
             let mut es = slot.side.lock();

@@ -68,6 +68,34 @@ fn class1_restore_inhibit_flipped_after_submission_decides_nothing() {
     assert_eq!(w.attacker.stopped(), 1, "the engine context it loads is scanned and refused");
 }
 
+#[test]
+fn class1_an_engine_context_cannot_forge_where_a_preempted_run_resumes() {
+    // The ring context's batch state (BB_STATE/BB_ADDR, the second level's too) says where a
+    // preempted run resumes. It is the host's: loaded from the engine context, it would make the
+    // engine resume in a batch nobody scanned, privileged (a GGTT batch).
+    for e in [Engine::Rcs, Engine::Bcs] {
+        for second_level in [false, true] {
+            let mut w = World::new();
+            let (evil, _) = evil_ring(&mut w);
+            let b = e.mmio_base();
+            // BB_ADDR, BB_ADDR_UDW, BB_STATE (valid, GGTT); then SBB_ADDR, SBB_ADDR_UDW, SBB_STATE.
+            let mut loads = vec![(b + 0x140, evil as u32), (b + 0x168, 0), (b + 0x110, 1)];
+            if second_level {
+                loads.extend([(b + 0x11c, evil as u32), (b + 0x114, 0), (b + 0x118, 1)]);
+            }
+            let mut lri = vec![lri_header(loads.len())];
+            lri.extend(loads.iter().flat_map(|&(r, v)| [r, v]));
+            lri.push(MI_BATCH_BUFFER_END);
+            for (k, v) in lri.iter().enumerate() {
+                w.attacker.ctx_state(e, ENGINE_CONTEXT_DWORD + 1 + k, *v);
+            }
+            let _ = w.attacker.g.submit_ring(e, &CmdBuf::new());
+            w.assert_unharmed();
+            assert_eq!(w.attacker.stopped(), 1, "{e} (second level {second_level}): refused");
+        }
+    }
+}
+
 /// Page tables in the attacker's RAM whose leaf for PPGTT address 0 names the victim's RAM
 /// canary (host addresses, as the GPU would walk them): returns the PML4's host address.
 fn fake_tables(w: &World) -> u64 {
@@ -423,5 +451,87 @@ fn interrupt_sinks_that_are_not_eventfds_or_never_read_cost_nobody_else() {
         b.user_interrupt().bb_end();
         w.attacker.g.submit(Engine::Rcs, &b).unwrap();
     }
+    w.assert_unharmed();
+}
+
+/// User-writable render registers of Gen9 (IGT gem_ctx_isolation's table): MI_PREDICATE_SRC0,
+/// 3DPRIM_VERTEX_COUNT, SO_WRITE_OFFSET0, a pipeline-statistics counter, PS_INVOCATION_COUNT_0,
+/// L3CNTLREG, CACHE_MODE_1 and CS_DEBUG_MODE2 (masked), a GPR.
+const USER_REGS: [(u32, bool); 9] = [
+    (0x2400, false),
+    (0x2434, false),
+    (0x5280, false),
+    (0x2310, false),
+    (0x22c8, false),
+    (0x7034, false),
+    (0x7004, true),
+    (0x20d8, true),
+    (0x2608, false),
+];
+
+/// A user batch storing each of [`USER_REGS`] at `va + 4k`.
+fn read_user_regs(va: u64) -> CmdBuf {
+    let mut b = CmdBuf::new();
+    for (k, &(r, _)) in USER_REGS.iter().enumerate() {
+        b.srm(r, Ppgtt, va + 4 * k as u64);
+    }
+    b.bb_end();
+    b
+}
+
+fn user_regs_of(vm: &mut Vm, va: u64) -> Vec<u32> {
+    let e = Engine::Rcs;
+    let s = vm.g.submit(e, &read_user_regs(va)).unwrap();
+    vm.g.wait(e, s, T).unwrap();
+    let gpa = vm.g.ppgtt_gpa(va).unwrap();
+    (0..USER_REGS.len()).map(|k| vm.r32(gpa + 4 * k as u64)).collect()
+}
+
+#[test]
+fn non_privileged_state_stays_in_its_context() {
+    // As IGT's gem_ctx_isolation: what one context writes into the registers a user batch may
+    // write is saved with it, restored with it, and seen by no other context, here another vGPU's.
+    let mut w = World::new();
+    let e = Engine::Rcs;
+    let victim_va = w.victim.g.data_va();
+    let before = user_regs_of(&mut w.victim, victim_va);
+    let mut b = CmdBuf::new();
+    let pairs: Vec<(u32, u32)> =
+        USER_REGS.iter().map(|&(r, masked)| (r, if masked { 0xffff_0000 | 0x0a5a } else { 0xdead_0000 | r })).collect();
+    b.lri(&pairs).bb_end();
+    let s = w.attacker.g.submit(e, &b).unwrap();
+    w.attacker.g.wait(e, s, T).unwrap();
+    let after = user_regs_of(&mut w.victim, victim_va);
+    assert_eq!(after, before, "the victim's context sees none of the attacker's values");
+    let va = w.attacker.g.data_va() + 0x100;
+    let own = user_regs_of(&mut w.attacker, va);
+    let want: Vec<u32> = pairs.iter().map(|&(_, v)| if v >> 16 == 0xffff { v & 0xffff } else { v }).collect();
+    assert_eq!(own, want, "the attacker's own context kept its values");
+    let stats = w.attacker.stats();
+    assert_eq!((stats.dropped_total, stats.dropped_commands, w.attacker.stopped()), (0, 0, 0));
+    w.assert_unharmed();
+}
+
+#[test]
+fn non_privileged_batches_get_the_hardware_rules_not_refusals() {
+    // What the hardware drops from a user batch runs as MI_NOOP: the batch goes on, the dropped
+    // accesses are counted, nothing reaches the victim or the host.
+    let mut w = World::new();
+    let e = Engine::Rcs;
+    let va = w.attacker.g.data_va();
+    let mut b = CmdBuf::new();
+    b.lri(&[(reg::GDRST, 1)])
+        .lri(&[(e.mmio_base() + reg::ring::START, w.victim_gtt_canary.0 as u32)])
+        .store_dword(Ggtt, w.victim_gtt_canary.0, 0xbad)
+        .srm(e.mmio_base() + 0x600, Ggtt, w.victim_gtt_canary.0)
+        .raw(&[0x0400_0000]) // MI_ARB_ON_OFF: off
+        .store_dword(Ppgtt, va, 0x600d)
+        .bb_end();
+    let s = w.attacker.g.submit(e, &b).unwrap();
+    w.attacker.g.wait(e, s, T).unwrap();
+    assert_eq!(w.attacker.r32(w.attacker.g.ppgtt_gpa(va).unwrap()), 0x600d, "the batch ran to its end");
+    let stats = w.attacker.stats();
+    assert_eq!((stats.dropped_total, stats.dropped_commands, w.attacker.stopped()), (2, 3, 0));
+    assert_eq!(stats.dropped_accesses.get(&(reg::GDRST, shadowgpu::cmd::regs::RegAccess::Write)), Some(&1));
     w.assert_unharmed();
 }

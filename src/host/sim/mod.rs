@@ -234,11 +234,15 @@ fn run_context(exec: &mut Exec<'_>, parts: (&mut [u32], &mut [u32]), legacy32: b
     }
     if exec.core.read(base + CONTEXT_CONTROL) & lrc::CTX_SAVE_INHIBIT == 0 {
         // The engine writes its whole engine context, as the hardware does (i915 keeps a redzone
-        // after the image to catch a save past its end): the register list, MI_NOOP elsewhere,
-        // since this model keeps no 3D state for the render engine's pages 2... Nothing the guest
+        // after the image to catch a save past its end): the register lists (the render engine's
+        // second one its non-privileged pipeline state), MI_NOOP elsewhere, since this model keeps
+        // no other 3D state for the render engine's pages 2... Nothing the guest
         // wrote survives a save, so a saved image restores only what the engine had.
         engine_part.fill(0);
-        save_list(exec.core, &lrc::engine_context_list(gen, engine), engine_part, lrc::ENGINE_CONTEXT_DWORD);
+        let lists = std::iter::once(lrc::engine_context_list(gen, engine)).chain(lrc::render_state_list(gen, engine));
+        for list in lists {
+            save_list(exec.core, &list, engine_part, lrc::ENGINE_CONTEXT_DWORD);
+        }
     }
     Ok(preempted)
 }

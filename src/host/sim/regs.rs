@@ -20,6 +20,11 @@ use crate::hw::{reg, Engine};
 /// RESET_CTL, CONTEXT_CONTROL, RING_MODE.
 const MASKED_RELATIVE: [u32; 6] = [0x028, reg::ring::MI_MODE, 0x0c0, reg::ring::RESET_CTL, 0x244, reg::ring::RING_MODE];
 
+/// Absolute offsets of the render engine's masked registers outside its register block's
+/// relative list: CS_DEBUG_MODE2, CS_CHICKEN1, CACHE_MODE_0/1, GT_MODE, COMMON_SLICE_CHICKEN2,
+/// HDC_CHICKEN1.
+const MASKED_RENDER: [u32; 7] = [0x20d8, 0x2580, 0x7000, 0x7004, 0x7008, 0x7014, 0x7304];
+
 /// Absolute ranges of render-pipeline state the render engine owns (only it programs them, most
 /// of it per context): TR-TT, stream-out counters, cache-mode, chicken and pipeline registers,
 /// the L3 configuration, half-slice and row chicken registers. `end` exclusive.
@@ -62,6 +67,7 @@ pub(super) fn engine_local(engine: Engine, reg: u32) -> bool {
 /// Whether `reg` of `engine` is a masked register.
 pub(super) fn masked(engine: Engine, reg: u32) -> bool {
     reg.checked_sub(engine.mmio_base()).is_some_and(|rel| MASKED_RELATIVE.contains(&rel))
+        || (engine == Engine::Rcs && MASKED_RENDER.contains(&reg))
 }
 
 /// The value a masked register holds after `write` over `old`.
@@ -133,6 +139,7 @@ mod tests {
         assert!(engine_local(Engine::Rcs, 0xc8fc) && !engine_local(Engine::Rcs, 0xcc00));
         assert!(engine_local(Engine::Bcs, 0xcc00) && engine_local(Engine::Rcs, 0x7700));
         assert!(masked(Engine::Vcs, 0x1_209c) && !masked(Engine::Vcs, 0x1_2600));
+        assert!(masked(Engine::Rcs, 0x7004) && !masked(Engine::Bcs, 0x7004) && !masked(Engine::Rcs, 0x7034));
         assert_eq!(apply_masked(0xf0, 0x000f_0005), 0xf5);
         let g = GlobalRegs::default();
         g.stream_write(Engine::Bcs, reg::GDRST, Engine::Vcs.gdrst_bit());

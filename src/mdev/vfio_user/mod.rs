@@ -280,6 +280,18 @@ impl Backend {
                 s.total_engine_ns() as f64 / 1e6,
                 s.scanned_bytes / 1024
             ));
+            if s.dropped_total != 0 || s.dropped_commands != 0 {
+                let kinds: Vec<String> =
+                    s.dropped_accesses.iter().map(|((reg, access), n)| format!("{reg:#x} {access:?}: {n}")).collect();
+                log(&format!(
+                    "vGPU {}: non-privileged batches: {} register accesses ({}) and {} commands dropped, as the \
+                     hardware drops them",
+                    self.id(),
+                    s.dropped_total,
+                    kinds.join(", "),
+                    s.dropped_commands
+                ));
+            }
         }
         let _ = self.dev.set_irq(IRQ_MSI, None);
         let _ = self.dev.set_irq(IRQ_INTX, None);

@@ -93,7 +93,7 @@ const ENGINE_REGS: &[u32] = &[
 
 /// The render engine's non-privileged pipeline state (offsets from the render base, 0x2000), which
 /// the render context saves as the hardware does (in the 3D state of pages 2..; the software GPU
-/// keeps it as a second list after the engine registers): everything a user batch may write
+/// keeps it as a second register-load list at the start of page 2): everything a user batch may write
 /// (`hw::nonpriv`: pipeline-statistics counters, MI_PREDICATE, 3DPRIM, GPGPU dispatch, stream-out,
 /// cache mode, GT_MODE, L3 configuration, TD_CTL) that the first list does not hold, so a write
 /// stays in the context that made it (what IGT's `gem_ctx_isolation` checks).
@@ -115,8 +115,12 @@ const RENDER_STATE_GEN9: &[u32] = &[
     0x5304, 0xc400, 0xc404,
 ];
 
-/// Dword index of the render state list's header: right after the engine register list.
-const RENDER_STATE_HEADER: usize = ENGINE_CONTEXT_DWORD + 2 + 2 * ENGINE_REGS.len();
+/// Dword index of the render state list's header, counted from the register-state page: the
+/// first dword of page 2, where the render engine's 3D state starts. Not in the register-state
+/// page after the engine list: i915 writes into that page where its Gen8 render layout has
+/// registers (MI_MODE at 0x58, the GPRs from 0xd8, ...), which cut a list there (seen: a Gen8
+/// guest's image with one register dword zeroed inside it).
+const RENDER_STATE_HEADER: usize = PAGE_DWORDS;
 
 /// Whether the ring context of `engine` on `gen` has the workaround-batch fields (indirect
 /// context, per-context batch): render on Gen8, every engine on Gen9.
@@ -193,9 +197,8 @@ mod tests {
                 let e = engine_context_list(gen, engine);
                 assert!(e.header >= ENGINE_CONTEXT_DWORD && e.value_index(e.regs.len() - 1) < PAGE_DWORDS);
                 if let Some(r) = render_state_list(gen, engine) {
-                    assert!(
-                        e.value_index(e.regs.len() - 1) < r.header && r.value_index(r.regs.len() - 1) < PAGE_DWORDS
-                    );
+                    let image = context_size(gen, engine) as usize / 4 - PAGE_DWORDS;
+                    assert!(r.header >= PAGE_DWORDS && r.value_index(r.regs.len() - 1) < image);
                 }
             }
         }

@@ -652,7 +652,10 @@ fn engine_loop(inner: &Inner, index: usize) {
             match &result {
                 Ok(_) if preempted => s.preemptions += 1,
                 Ok(_) => s.completed += 1,
-                Err(_) => s.failed += 1,
+                Err(e) => {
+                    s.failed += 1;
+                    s.last_failure = Some(e.to_string());
+                }
             }
         }
         let (busy_after, requeued) = {

@@ -19,6 +19,8 @@ pub struct VgpuStats {
     pub completed: u64,
     /// Workloads that hung or faulted on the engine.
     pub failed: u64,
+    /// Why the last failed workload failed.
+    pub last_failure: Option<String>,
     /// Queued workloads dropped because an earlier one failed or the queue was reset.
     pub cancelled: u64,
     /// Workloads refused before they were queued (scanner rejections, a hung queue), by reason.

@@ -280,6 +280,9 @@ impl Backend {
                 s.total_engine_ns() as f64 / 1e6,
                 s.scanned_bytes / 1024
             ));
+            if let Some(why) = &s.last_failure {
+                log(&format!("vGPU {}: the last failed workload: {why}", self.id()));
+            }
             if s.dropped_total != 0 || s.dropped_commands != 0 {
                 let kinds: Vec<String> =
                     s.dropped_accesses.iter().map(|((reg, access), n)| format!("{reg:#x} {access:?}: {n}")).collect();

@@ -14,6 +14,9 @@ use crate::hw::{lrc, nonpriv, Gen};
 const MI_BATCH_BUFFER_START_PPGTT: u32 = 1 << 8;
 const MI_BATCH_BUFFER_START_2ND_LEVEL: u32 = 1 << 22;
 const MI_BATCH_BUFFER_START_PREDICATED: u32 = 1 << 15;
+/// Gen9: the target is the address plus BB_OFFSET.
+const MI_BATCH_BUFFER_START_ADD_OFFSET: u32 = 1 << 16;
+const MI_BATCH_BUFFER_START_RESOURCE_STREAMER: u32 = 1 << 10;
 const MI_USE_GGTT: u32 = 1 << 22;
 const NOTIFY: u32 = 1 << 8;
 const PC_GGTT: u32 = 1 << 24;
@@ -267,6 +270,13 @@ where
                     2 => 16,
                     _ => return Err(Reason::BadLength { len: cmd.len() as u32, expected: "a valid data size" }),
                 };
+                // The operation's own size (opcode bits 7:4: dword, qword, octword ops) may differ
+                // from the Data Size field: the access covers the larger.
+                let size = match (dw0 >> 12) & 0xf {
+                    2 => size.max(8),
+                    4 => size.max(16),
+                    _ => size,
+                };
                 self.access(self.mi_space(dw0 & MI_USE_GGTT != 0), "atomic address", addr(cmd, 1, 2), size)?;
                 Ok(Flow::Next)
             }
@@ -327,6 +337,14 @@ where
     fn bb_start(&mut self, cmd: &mut [u32], ctx: BufCtx) -> Result<Flow, Reason> {
         let dw0 = dw(cmd, 0);
         need_len(cmd, cmd.len() == 3, "3")?;
+        if self.p.gen == Gen::Gen9 && dw0 & MI_BATCH_BUFFER_START_ADD_OFFSET != 0 {
+            // The engine adds BB_OFFSET, a register the guest sets, to the target: the batch it
+            // would start is not known when the batch is copied and scanned.
+            return Err(Reason::Undefined("MI_BATCH_BUFFER_START with Add Offset Enable"));
+        }
+        if dw0 & MI_BATCH_BUFFER_START_RESOURCE_STREAMER != 0 {
+            return Err(Reason::Undefined("MI_BATCH_BUFFER_START with Resource Streamer Enable"));
+        }
         // A non-privileged batch's batch starts are all taken in the PPGTT, as the hardware takes
         // its other global-GTT selections.
         let ppgtt = dw0 & MI_BATCH_BUFFER_START_PPGTT != 0 || ctx.space() == AddrSpace::Ppgtt;

@@ -266,6 +266,11 @@ fn flush_dw_is_audited_in_both_lengths() {
 fn other_memory_commands() {
     assert!(case().scan(ring().atomic(7, 1, Ggtt, TARGET)).is_ok());
     assert!(case().scan(ring().atomic(7, 1, Ggtt, APERTURE.end() - 4)).is_err());
+    // The access covers the larger of the Data Size field and the opcode's own size: a qword
+    // MOVE (0x24) or an octword one (0x44) marked "dword" still writes 8 or 16 bytes.
+    assert!(case().scan(ring().atomic(0x04, 0, Ggtt, APERTURE.end() - 4)).is_ok());
+    assert!(case().scan(ring().atomic(0x24, 0, Ggtt, APERTURE.end() - 4)).is_err());
+    assert!(case().scan(ring().atomic(0x44, 1, Ggtt, APERTURE.end() - 8)).is_err());
     assert!(case().scan(ring().semaphore_wait(Ggtt, TARGET, 1)).is_ok());
     assert!(case().scan(ring().semaphore_wait(Ggtt, 0x1000, 1)).is_err());
     assert!(case().scan(ring().copy_mem_mem(Ggtt, TARGET, Ggtt, TARGET + 64)).is_ok());
@@ -370,6 +375,28 @@ fn nesting_rules() {
     ));
     // BB_END in the ring.
     assert!(matches!(reason(case().scan(ring().bb_end())), Reason::Nesting(_)));
+}
+
+#[test]
+fn batch_starts_whose_target_the_scan_cannot_know_are_refused() {
+    // Gen9's Add Offset Enable adds BB_OFFSET (a register the guest sets) to the target; the
+    // Resource Streamer fetches on its own. From any buffer.
+    for bits in [1u32 << 16, 1 << 10] {
+        let mut up = CmdBuf::new();
+        up.raw(&[0x1880_0101 | bits, 0x5000, 0]);
+        let mut inner = CmdBuf::new();
+        inner.bb_end();
+        let c = case().with(Ppgtt, 0x6000, &up).with(Ppgtt, 0x5000, &inner);
+        assert!(matches!(reason(c.scan(ring().bb_start(Ppgtt, 0x6000, false))), Reason::Undefined(_)), "{bits:#x}");
+        let c = case().with(Ppgtt, 0x5000, &inner);
+        assert!(matches!(reason(c.scan(ring().raw(&[0x1880_0101 | bits, 0x5000, 0]))), Reason::Undefined(_)));
+    }
+    // Gen8 has no Add Offset Enable: bit 16 is reserved there and left alone.
+    let mut c = case();
+    c.gen = Gen::Gen8;
+    let mut inner = CmdBuf::new();
+    inner.bb_end();
+    assert!(c.with(Ppgtt, 0x5000, &inner).scan(ring().raw(&[0x1881_0101, 0x5000, 0])).is_ok());
 }
 
 #[test]

@@ -29,7 +29,10 @@ use vm_memory::{Bytes, GuestAddress, GuestMemory};
 use zerocopy::IntoBytes;
 
 use super::image::{context_size, has_wa_fields, idx, ContextError, GuestContext};
-use crate::cmd::{scan_context_image, AddrSpace, GmTranslate, ScanError, ScanParams, ScanStats, PAGE_SIZE};
+use crate::cmd::{
+    scan_context_image, AddrSpace, CommandTable, Decoded, GmTranslate, Handler, ScanError, ScanParams, ScanStats,
+    PAGE_SIZE,
+};
 use crate::hw::lrc::{self, CTX_RESTORE_INHIBIT, PAGE_DWORDS};
 use crate::hw::{Engine, Gen};
 use crate::mm::ShadowRoot;
@@ -110,6 +113,8 @@ pub struct ShadowContext {
     engine_ctx: Vec<u32>,
     /// The host's clean engine context, loaded for restore-inhibit contexts.
     clean: Arc<[u32]>,
+    /// The clean context's structure, which every guest engine context is given.
+    structure: Arc<Structure>,
     last: Option<Last>,
     /// The engine-context part of the register-state page as last scanned or written back.
     scanned_state: Vec<u32>,
@@ -127,18 +132,79 @@ pub fn engine_context_dwords(gen: Gen, engine: Engine) -> usize {
 /// Hosts record their own clean context (see `host::record_clean_context`); this is the fallback.
 pub fn blank_engine_context(gen: Gen, engine: Engine) -> Vec<u32> {
     let mut out = vec![0u32; engine_context_dwords(gen, engine)];
-    let list = lrc::engine_context_list(gen, engine);
     let base = engine.mmio_base();
     let at = |i: usize| i.checked_sub(ENGINE_CONTEXT_DWORD);
-    if let Some(h) = at(list.header).and_then(|i| out.get_mut(i)) {
-        *h = lrc::lri_header(list.regs.len());
-    }
-    for (k, r) in list.regs.iter().enumerate() {
-        if let Some(d) = at(list.value_index(k) - 1).and_then(|i| out.get_mut(i)) {
-            *d = base + r;
+    for list in std::iter::once(lrc::engine_context_list(gen, engine)).chain(lrc::render_state_list(gen, engine)) {
+        if let Some(h) = at(list.header).and_then(|i| out.get_mut(i)) {
+            *h = lrc::lri_header(list.regs.len());
+        }
+        for (k, r) in list.regs.iter().enumerate() {
+            if let Some(d) = at(list.value_index(k) - 1).and_then(|i| out.get_mut(i)) {
+                *d = base + r;
+            }
         }
     }
     out
+}
+
+/// The structure of a clean engine context: the dwords that are not values (command headers, the
+/// register dwords of register-load lists, the MI_NOOPs between commands) up to the end of its
+/// last command. A guest engine context is given this structure before it is scanned, keeping
+/// only its values: whatever the guest wrote there (a list cut short, an early
+/// MI_BATCH_BUFFER_END, nothing at all), the engine restores every register the clean context
+/// restores, so nothing of the previous context on the engine, maybe another vGPU's, survives
+/// into it.
+#[derive(Debug, Default)]
+struct Structure {
+    /// `(index, dword)` pairs the guest's engine context must hold.
+    fixed: Vec<(usize, u32)>,
+    /// Ranges that must be MI_NOOP.
+    noops: Vec<std::ops::Range<usize>>,
+}
+
+impl Structure {
+    fn of(clean: &[u32], gen: Gen, engine: Engine) -> Structure {
+        let table = CommandTable::for_gen(gen);
+        let mut s = Structure::default();
+        let mut i = 0;
+        let mut noop_from = None;
+        while let Some(&dw0) = clean.get(i) {
+            if dw0 == 0 {
+                noop_from.get_or_insert(i);
+                i += 1;
+                continue;
+            }
+            if let Some(from) = noop_from.take() {
+                s.noops.push(from..i);
+            }
+            let (d, len) = table.decode_with_len(engine, dw0);
+            let len = (len as usize).max(1);
+            s.fixed.push((i, dw0));
+            match d {
+                Decoded::Command(desc) if desc.handler == Handler::Lri => {
+                    let end = (i + len).min(clean.len());
+                    s.fixed.extend((i + 1..end).step_by(2).filter_map(|j| clean.get(j).map(|&r| (j, r))));
+                }
+                Decoded::Command(desc) if desc.handler == Handler::BbEnd => break,
+                _ => {}
+            }
+            i += len;
+        }
+        s
+    }
+
+    fn apply(&self, ctx: &mut [u32]) {
+        for r in &self.noops {
+            if let Some(d) = ctx.get_mut(r.clone()) {
+                d.fill(0);
+            }
+        }
+        for &(i, v) in &self.fixed {
+            if let Some(d) = ctx.get_mut(i) {
+                *d = v;
+            }
+        }
+    }
 }
 
 impl ShadowContext {
@@ -152,7 +218,18 @@ impl ShadowContext {
             write_template(state, gen, engine);
         }
         let engine_ctx = vec![0u32; engine_context_dwords(gen, engine)];
-        ShadowContext { gen, engine, ring, engine_ctx, clean, last: None, scanned_state: Vec::new(), gpas: Vec::new() }
+        let structure = Arc::new(Structure::of(&clean, gen, engine));
+        ShadowContext {
+            gen,
+            engine,
+            ring,
+            engine_ctx,
+            clean,
+            structure,
+            last: None,
+            scanned_state: Vec::new(),
+            gpas: Vec::new(),
+        }
     }
 
     /// A shadow context whose clean engine context is [`blank_engine_context`].
@@ -378,6 +455,7 @@ impl ShadowContext {
         } else {
             out.pages_copied += self.copy_pages(mem, false)?;
         }
+        self.structure.apply(&mut self.engine_ctx);
         // Scan unless nothing guest-written changed since the last scan (same context, state page
         // as scanned or as written back).
         let state_part = self.engine_ctx.get(..STATE_PART).unwrap_or_default();

@@ -254,7 +254,10 @@ impl Scheduler {
                     list,
                     state: Mutex::new(EngineState {
                         queues: HashMap::new(),
-                        policy: policy::Policy::new(cfg.policy),
+                        policy: policy::Policy::new(PolicyConfig {
+                            max_run_ns: cfg.hang_timeout_ns.unwrap_or(cfg.policy.max_run_ns),
+                            ..cfg.policy
+                        }),
                         running: None,
                         owner: None,
                         host_values,

@@ -2,13 +2,14 @@
 //!
 //! As GVT-g's time-based scheduler: every balance period (100 ms of engine time) each vGPU is
 //! allocated `period × weight / Σ weights`; its remaining time (`left`) carries credit and debt
-//! from one period to the next, and every tenth period starts afresh. The vGPU with work that has
+//! from one period to the next, and every tenth period credit starts afresh (debt is carried). The vGPU with work that has
 //! the most credit per unit of weight (least recently picked on ties) is picked and keeps the
 //! engine for a time slice while it has work and credit. Unlike GVT-g it is per engine and
 //! work-conserving: a vGPU with work runs even when nobody has credit left, instead of the engine
 //! idling until the next balance (GVT-g picks among vGPUs with credit only).
-//! Credit is capped at two allocations (an idle vGPU cannot hoard) and debt at one period (a vGPU
-//! that ran alone is not starved for long once others wake).
+//! Credit is capped at two allocations (an idle vGPU cannot hoard) and debt at as many
+//! allocations as cover the longest run that cannot be preempted, at least two (a vGPU that ran
+//! alone is not starved for long once others wake, and a run past the slice is charged in full).
 
 use std::collections::VecDeque;
 
@@ -30,11 +31,14 @@ pub struct PolicyConfig {
     pub stages: u32,
     /// Time slice: how long the picked vGPU keeps the engine while it has work and credit.
     pub slice_ns: u64,
+    /// The longest a job may run in one go (the hang timeout): debt bounds are at least this
+    /// plus a slice, so a run that could not be preempted is charged in full.
+    pub max_run_ns: u64,
 }
 
 impl Default for PolicyConfig {
     fn default() -> Self {
-        PolicyConfig { period_ns: 100_000_000, stages: 10, slice_ns: 1_000_000 }
+        PolicyConfig { period_ns: 100_000_000, stages: 10, slice_ns: 1_000_000, max_run_ns: 50_000_000 }
     }
 }
 
@@ -44,6 +48,8 @@ struct Share {
     weight: u8,
     left: i64,
     alloc: i64,
+    /// How far into debt `left` may go.
+    debt_bound: i64,
 }
 
 /// The policy state of one engine.
@@ -68,7 +74,7 @@ impl Policy {
     pub fn add(&mut self, id: VgpuId, weight: u8) {
         if self.lru.iter().all(|s| s.id != id) {
             let weight = weight.clamp(*WEIGHTS.start(), *WEIGHTS.end());
-            self.lru.push_front(Share { id, weight, left: 0, alloc: 0 });
+            self.lru.push_front(Share { id, weight, left: 0, alloc: 0, debt_bound: 0 });
             self.reallocate();
         }
     }
@@ -91,11 +97,23 @@ impl Policy {
     }
 
     /// New allocations after a membership or weight change; credit and debt carry over.
+    ///
+    /// Debt is bounded at the same number of allocations for everyone (so vGPUs in debt together
+    /// stay in proportion to their weights), at least two, and enough that the smallest bound
+    /// still covers the longest run that cannot be preempted plus a slice: a bound below one run
+    /// would forgive most of it at the next balance.
     fn reallocate(&mut self) {
         let total: i64 = self.lru.iter().map(|s| i64::from(s.weight)).sum();
         let period = i64::try_from(self.cfg.period_ns).unwrap_or(i64::MAX);
         for s in self.lru.iter_mut() {
             s.alloc = period / total.max(1) * i64::from(s.weight);
+        }
+        let run = self.cfg.max_run_ns.saturating_add(self.cfg.slice_ns);
+        let run = i64::try_from(run).unwrap_or(i64::MAX);
+        let smallest = self.lru.iter().map(|s| s.alloc).min().unwrap_or(1).max(1);
+        let allocations = ((run + smallest - 1) / smallest).max(2);
+        for s in self.lru.iter_mut() {
+            s.debt_bound = s.alloc.saturating_mul(allocations);
         }
     }
 
@@ -147,13 +165,17 @@ impl Policy {
     }
 
     /// A period ended: each vGPU gets its allocation on top of what it has left, credit capped at
-    /// two allocations and debt at two allocations (bounds in proportion to the weight, so vGPUs
-    /// in debt together, having used an idle one's time, stay in proportion to their weights).
+    /// two allocations and debt at the same number of allocations for everyone (bounds in
+    /// proportion to the weight, so vGPUs in debt together, having used an idle one's time, stay
+    /// in proportion to their weights; see [`Policy::reallocate`]).
     fn balance(&mut self) {
         self.stage = (self.stage + 1) % self.cfg.stages.max(1);
         for s in self.lru.iter_mut() {
-            let bound = s.alloc.saturating_mul(2);
-            s.left = if self.stage == 0 { s.alloc } else { s.left.saturating_add(s.alloc).clamp(-bound, bound) };
+            let credit = s.alloc.saturating_mul(2);
+            // Every `stages` periods credit starts afresh; debt is carried (within its bound), or
+            // a vGPU could run one long job per cycle on debt the cycle forgives.
+            let carried = if self.stage == 0 { s.left.min(0) } else { s.left };
+            s.left = carried.saturating_add(s.alloc).clamp(s.debt_bound.saturating_neg(), credit.max(0));
         }
     }
 
@@ -191,7 +213,17 @@ mod tests {
     /// Runs saturated vGPUs with the given weights and workload sizes for `total` ns; returns
     /// each one's share of engine time.
     fn simulate(weights: &[u8], job_ns: &[u64], total: u64, busy: impl Fn(usize, u64) -> bool) -> Vec<f64> {
-        let mut p = Policy::new(PolicyConfig::default());
+        simulate_with(PolicyConfig::default(), weights, job_ns, total, busy)
+    }
+
+    fn simulate_with(
+        cfg: PolicyConfig,
+        weights: &[u8],
+        job_ns: &[u64],
+        total: u64,
+        busy: impl Fn(usize, u64) -> bool,
+    ) -> Vec<f64> {
+        let mut p = Policy::new(cfg);
         for (i, &w) in weights.iter().enumerate() {
             p.add(i as VgpuId, w);
         }
@@ -264,6 +296,23 @@ mod tests {
         let shares = simulate(&[2, 4, 8, 2], &[60_000, 90_000, 50_000, 40_000], 4_000_000_000, |id, _| id != 2);
         for (s, target) in shares.iter().zip([0.25, 0.5, 0.0, 0.25]) {
             assert!((s - target).abs() < 0.01, "{shares:?}");
+        }
+    }
+
+    #[test]
+    fn runs_that_cannot_be_preempted_are_charged_in_full() {
+        // A weight-1 vGPU whose jobs run 50 ms in one go (the hang timeout: arbitration held off,
+        // a hang) beside a busy weight-16 one: its debt must cover a whole run, or each balance
+        // forgives most of one and it gets several times its share.
+        let cfg = PolicyConfig { max_run_ns: 50_000_000, ..PolicyConfig::default() };
+        for others in [1usize, 3] {
+            let mut weights = vec![1u8];
+            weights.extend(std::iter::repeat_n(16, others));
+            let mut jobs = vec![50_000_000u64];
+            jobs.extend(std::iter::repeat_n(50_000, others));
+            let shares = simulate_with(cfg, &weights, &jobs, 6_000_000_000, |_, _| true);
+            let target = 1.0 / (1.0 + 16.0 * others as f64);
+            assert!(shares[0] < target + 0.02, "{shares:?} (target {target:.3})");
         }
     }
 

@@ -73,8 +73,8 @@ const GEN9: &[SwitchedReg] = &[
     r(Rcs, 0x940c, false, false),  // UCGCTL4
     r(Rcs, 0x4ab8, false, false),
     r(Rcs, 0x4ab0, false, false),
-    r(Rcs, 0x20d4, true, false), // CSFE_CHICKEN1
-    r(Rcs, 0x20d8, false, false),
+    r(Rcs, 0x20d4, true, false),  // CSFE_CHICKEN1
+    r(Rcs, 0x20d8, true, true),   // CS_DEBUG_MODE2 (masked; the render context saves it on Gen9)
     r(Rcs, 0xb004, false, false), // GARBCNTL
     r(Rcs, 0x20a0, false, false), // FF_THREAD_MODE
     r(Rcs, 0x20e4, true, false),  // FF_SLICE_CS_CHICKEN2

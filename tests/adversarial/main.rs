@@ -10,13 +10,21 @@ mod world;
 
 use shadowgpu::cmd::emit::{CmdBuf, PostSync};
 use shadowgpu::cmd::AddrSpace::{Ggtt, Ppgtt};
-use shadowgpu::hw::lrc::{idx, lri_header, ENGINE_CONTEXT_DWORD};
+use shadowgpu::hw::lrc::{self, idx, lri_header, ENGINE_CONTEXT_DWORD};
 use shadowgpu::hw::reg;
-use shadowgpu::hw::Engine;
+use shadowgpu::hw::{Engine, Gen};
 use world::*;
 
 const MI_BATCH_BUFFER_END: u32 = 0x0500_0000;
 const INHIBIT: u32 = 0x0001_0001;
+
+/// The first register-state dword past the clean engine context's register lists (in page 2 on
+/// the render engine): a guest's own commands in its engine context go there. Before it, the
+/// shadow gives every engine context the clean context's structure (only values are the guest's).
+fn free_dword(e: Engine) -> usize {
+    let list = lrc::render_state_list(Gen::Gen9, e).unwrap_or_else(|| lrc::engine_context_list(Gen::Gen9, e));
+    list.value_index(list.regs.len() - 1) + 1
+}
 
 /// An unscanned ring in the attacker's own memory that writes the victim's canaries.
 fn evil_ring(w: &mut World) -> (u64, u64) {
@@ -35,7 +43,7 @@ fn hostile_engine_context(w: &World, e: Engine, ring: u64, len: u64) {
     let lri =
         [lri_header(4), b + 0x38, ring as u32, b + 0x34, 0, b + 0x30, len as u32, b + 0x3c, 1, MI_BATCH_BUFFER_END];
     for (k, v) in lri.iter().enumerate() {
-        w.attacker.ctx_state(e, ENGINE_CONTEXT_DWORD + 1 + k, *v);
+        w.attacker.ctx_state(e, free_dword(e) + k, *v);
     }
 }
 
@@ -81,13 +89,13 @@ fn class1_an_engine_context_cannot_forge_where_a_preempted_run_resumes() {
             // BB_ADDR, BB_ADDR_UDW, BB_STATE (valid, GGTT); then SBB_ADDR, SBB_ADDR_UDW, SBB_STATE.
             let mut loads = vec![(b + 0x140, evil as u32), (b + 0x168, 0), (b + 0x110, 1)];
             if second_level {
-                loads.extend([(b + 0x11c, evil as u32), (b + 0x114, 0), (b + 0x118, 1)]);
+                loads.extend([(b + 0x114, evil as u32), (b + 0x11c, 0), (b + 0x118, 1)]);
             }
             let mut lri = vec![lri_header(loads.len())];
             lri.extend(loads.iter().flat_map(|&(r, v)| [r, v]));
             lri.push(MI_BATCH_BUFFER_END);
             for (k, v) in lri.iter().enumerate() {
-                w.attacker.ctx_state(e, ENGINE_CONTEXT_DWORD + 1 + k, *v);
+                w.attacker.ctx_state(e, free_dword(e) + k, *v);
             }
             let _ = w.attacker.g.submit_ring(e, &CmdBuf::new());
             w.assert_unharmed();
@@ -200,7 +208,7 @@ fn class2_root_loads_in_a_context_image_are_refused() {
     let b = e.mmio_base() + reg::ring::PDP0_LDW;
     let lri = [lri_header(2), b + 4, (pml4 >> 32) as u32, b, pml4 as u32, MI_BATCH_BUFFER_END];
     for (k, v) in lri.iter().enumerate() {
-        w.attacker.ctx_state(e, ENGINE_CONTEXT_DWORD + 1 + k, *v);
+        w.attacker.ctx_state(e, free_dword(e) + k, *v);
     }
     let mut ring = CmdBuf::new();
     ring.store_dword(Ppgtt, 0, 0xbad);
@@ -307,7 +315,7 @@ fn mount(w: &mut World, e: Engine, buf: Buffer, cmds: &CmdBuf) {
         }
         Buffer::ContextImage => {
             for (k, v) in cmds.dwords.iter().chain([&MI_BATCH_BUFFER_END]).enumerate() {
-                w.attacker.ctx_state(e, ENGINE_CONTEXT_DWORD + 1 + k, *v);
+                w.attacker.ctx_state(e, free_dword(e) + k, *v);
             }
             let _ = w.attacker.g.submit_ring(e, &CmdBuf::new());
         }
@@ -533,5 +541,50 @@ fn non_privileged_batches_get_the_hardware_rules_not_refusals() {
     let stats = w.attacker.stats();
     assert_eq!((stats.dropped_total, stats.dropped_commands, w.attacker.stopped()), (2, 3, 0));
     assert_eq!(stats.dropped_accesses.get(&(reg::GDRST, shadowgpu::cmd::regs::RegAccess::Write)), Some(&1));
+    w.assert_unharmed();
+}
+
+#[test]
+fn a_batch_start_adding_bb_offset_is_refused_from_every_buffer() {
+    // Gen9's Add Offset Enable jumps to the address plus BB_OFFSET, which a user batch may set:
+    // the copy would start wherever the guest's offset from the shadow batch points, privileged.
+    let e = Engine::Rcs;
+    for buf in [Buffer::PpgttBatch, Buffer::Ring, Buffer::GgttBatch] {
+        let mut w = World::new();
+        let (evil, _) = evil_ring(&mut w);
+        let mut b = CmdBuf::new();
+        b.lri(&[(e.mmio_base() + 0x158, 0x1000)]).raw(&[0x1881_0001, evil as u32, 0]);
+        mount(&mut w, e, buf, &b);
+        w.assert_unharmed();
+        assert_eq!(w.attacker.stopped(), 1, "{buf:?}: refused");
+    }
+}
+
+#[test]
+fn an_engine_context_that_restores_nothing_inherits_nothing() {
+    // A guest whose engine context ends before its register lists (or holds none) would keep
+    // what the previous context on the engine left in its registers: another vGPU's GPRs and
+    // pipeline state. The shadow gives every engine context the clean context's structure.
+    let e = Engine::Rcs;
+    let mut w = World::new();
+    let va = w.attacker.g.data_va();
+    let s = w.attacker.g.submit(e, &read_user_regs(va)).unwrap();
+    w.attacker.g.wait(e, s, T).unwrap();
+    let mut secret = CmdBuf::new();
+    let pairs: Vec<(u32, u32)> = USER_REGS.iter().map(|&(r, _)| (r, 0x5ec0_0000 | r)).collect();
+    secret.lri(&pairs).bb_end();
+    let s = w.victim.g.submit(e, &secret).unwrap();
+    w.victim.g.wait(e, s, T).unwrap();
+    for first in [MI_BATCH_BUFFER_END, 0x1100_0001] {
+        // MI_BATCH_BUFFER_END first; or a one-register list where the engine's list starts.
+        w.attacker.ctx_state(e, ENGINE_CONTEXT_DWORD, first);
+        if first != MI_BATCH_BUFFER_END {
+            w.attacker.ctx_state(e, ENGINE_CONTEXT_DWORD + 1, e.mmio_base() + 0x600);
+            w.attacker.ctx_state(e, ENGINE_CONTEXT_DWORD + 2, 0);
+            w.attacker.ctx_state(e, ENGINE_CONTEXT_DWORD + 3, MI_BATCH_BUFFER_END);
+        }
+        let got = user_regs_of(&mut w.attacker, va + 0x200);
+        assert!(got.iter().all(|v| v >> 20 != 0x5ec), "{first:#x}: the victim's values leaked: {got:x?}");
+    }
     w.assert_unharmed();
 }

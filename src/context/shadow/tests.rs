@@ -127,6 +127,35 @@ fn ring_context_is_the_hosts() {
 
 const INHIBIT: u32 = 0x0001_0001;
 
+/// The first register-state index (counted from the register-state page, into page 2) past the
+/// clean context's last register list: what a guest writes from here is its own, and scanned.
+fn free() -> usize {
+    let list = lrc::render_state_list(Gen::Gen9, Engine::Rcs).unwrap();
+    list.value_index(list.regs.len() - 1) + 1
+}
+
+#[test]
+fn every_engine_context_gets_the_clean_structure() {
+    // An engine context that would restore nothing (MI_BATCH_BUFFER_END first), or a list cut
+    // short, still restores every register the clean context does: its values are the guest's,
+    // its headers and register dwords the clean context's.
+    let (mem, t) = setup();
+    hostile_image(&mem);
+    put_state(&mem, ENGINE_CONTEXT_DWORD, 0x0500_0000);
+    put_state(&mem, ENGINE_CONTEXT_DWORD + 1, 0x1100_1001);
+    put_state(&mem, ENGINE_CONTEXT_DWORD + 3, 0x77);
+    let mut s = ShadowContext::with_blank_clean(Gen::Gen9, Engine::Rcs);
+    s.populate(&mem, &t, &guest(), &plan(), &params(Engine::Rcs)).unwrap();
+    let clean = blank_engine_context(Gen::Gen9, Engine::Rcs);
+    let list = lrc::engine_context_list(Gen::Gen9, Engine::Rcs);
+    assert_eq!(s.state(ENGINE_CONTEXT_DWORD), 0, "MI_NOOP where the clean context has one");
+    assert_eq!(s.state(list.header), clean[list.header - ENGINE_CONTEXT_DWORD]);
+    assert_eq!(s.state(list.value_index(0) - 1), RCS_BASE + 0x28);
+    assert_eq!(s.state(list.value_index(0)), 0x77, "values are the guest's");
+    let render = lrc::render_state_list(Gen::Gen9, Engine::Rcs).unwrap();
+    assert_eq!(s.state(render.header), lrc::lri_header(render.regs.len()));
+}
+
 #[test]
 fn copies_are_skipped_when_they_cannot_matter() {
     let (mem, t) = setup();
@@ -143,20 +172,20 @@ fn copies_are_skipped_when_they_cannot_matter() {
     assert_eq!((same.pages_copied, same.skipped, same.scan), (1, true, None));
     assert_eq!(s.image()[5 * 1024 + 3], 5);
     // A change in the state page is rescanned.
-    put_state(&mem, ENGINE_CONTEXT_DWORD + 4, 6);
+    put_state(&mem, ENGINE_CONTEXT_DWORD + 5, 6);
     let rescanned = s.populate(&mem, &t, &guest(), &plan(), &params(Engine::Rcs)).unwrap();
     assert!(rescanned.skipped && rescanned.scan.is_some());
-    assert_eq!(s.state(ENGINE_CONTEXT_DWORD + 4), 6);
+    assert_eq!(s.state(ENGINE_CONTEXT_DWORD + 5), 6);
 }
 
 #[test]
 fn a_restore_inhibit_populate_marks_nothing_as_scanned() {
     let (mem, t) = setup();
     hostile_image(&mem);
-    // A register the allow-list denies, in the state page of a restore-inhibit submission: never
-    // loaded (the clean context is) ...
-    put_state(&mem, ENGINE_CONTEXT_DWORD + 8, 0x1100_1001);
-    put_state(&mem, ENGINE_CONTEXT_DWORD + 9, RCS_BASE + 0x80);
+    // A register the allow-list denies, in the engine context of a restore-inhibit submission:
+    // never loaded (the clean context is) ...
+    put_state(&mem, free(), 0x1100_1001);
+    put_state(&mem, free() + 1, RCS_BASE + 0x80);
     put_state(&mem, idx::CONTEXT_CONTROL, INHIBIT);
     let mut s = ShadowContext::with_blank_clean(Gen::Gen9, Engine::Rcs);
     s.populate(&mem, &t, &guest(), &plan(), &params(Engine::Rcs)).unwrap();
@@ -225,13 +254,13 @@ fn engine_context_is_scanned() {
         let (mem, t) = setup();
         hostile_image(&mem);
         for (k, v) in cmds.iter().enumerate() {
-            put_state(&mem, ENGINE_CONTEXT_DWORD + 8 + k, *v);
+            put_state(&mem, free() + k, *v);
         }
         let mut s = ShadowContext::with_blank_clean(Gen::Gen9, Engine::Rcs);
         let r = s.populate(&mem, &t, &guest(), &plan(), &params(Engine::Rcs));
         assert!(matches!(r, Err(ShadowContextError::Scan(_))), "{what}: {r:?}");
         // A failure forgets the last context: the next populate copies and scans again.
-        put_state(&mem, ENGINE_CONTEXT_DWORD + 8, 0);
+        put_state(&mem, free(), 0);
         let again = s.populate(&mem, &t, &guest(), &plan(), &params(Engine::Rcs));
         assert!(again.is_err() || !again.unwrap().skipped, "{what}");
     }
@@ -241,7 +270,7 @@ fn engine_context_is_scanned() {
 fn batch_end_in_the_image_keeps_its_size() {
     let (mem, t) = setup();
     hostile_image(&mem);
-    put_state(&mem, ENGINE_CONTEXT_DWORD + 8, 0x0500_0000); // MI_BATCH_BUFFER_END
+    put_state(&mem, free(), 0x0500_0000); // MI_BATCH_BUFFER_END
     let mut s = ShadowContext::with_blank_clean(Gen::Gen9, Engine::Rcs);
     s.populate(&mem, &t, &guest(), &plan(), &params(Engine::Rcs)).unwrap();
     assert_eq!(s.image().len(), 22 * 1024);

@@ -46,6 +46,8 @@ pub mod reg {
     pub const SBB_ADDR: u32 = 0x114;
     /// SBB_STATE: the second-level batch's state.
     pub const SBB_STATE: u32 = 0x118;
+    /// BB_OFFSET: what Add Offset Enable adds to a batch start's address (Gen9).
+    pub const BB_OFFSET: u32 = 0x158;
     /// CS_GPR0 lower dword (16 × 64-bit).
     pub const GPR0: u32 = 0x600;
     /// RING_FORCE_TO_NONPRIV slot 0 (12 slots): each names a register non-privileged batches may
@@ -709,7 +711,12 @@ impl<'a> Exec<'a> {
                 self.charge(mi, "MI_BATCH_BUFFER_START")?;
                 let ppgtt = dw0 & (1 << 8) != 0 || !self.privileged;
                 let space = if ppgtt { AddrSpace::Ppgtt } else { AddrSpace::Ggtt };
-                return Ok(Flow::Start { addr: addr64(d(1), d(2)), space, second: dw0 & (1 << 22) != 0 });
+                let mut addr = addr64(d(1), d(2));
+                if self.core.gen == Gen::Gen9 && dw0 & (1 << 16) != 0 {
+                    // Add Offset Enable: the engine adds BB_OFFSET.
+                    addr = addr.wrapping_add(u64::from(self.core.rel(reg::BB_OFFSET)));
+                }
+                return Ok(Flow::Start { addr, space, second: dw0 & (1 << 22) != 0 });
             }
             Handler::BbEnd => {
                 self.charge(mi, "MI_BATCH_BUFFER_END")?;
@@ -855,10 +862,15 @@ impl<'a> Exec<'a> {
     fn semaphore_wait(&mut self, view: &mut MemView<'a>, cmd: &[u32]) -> Result<Flow, Stop> {
         let d = |i: usize| cmd.get(i).copied().unwrap_or(0);
         let (space, addr, sdd) = (space_of(d(0) & (1 << 22) != 0 && self.privileged), addr64(d(2), d(3)), d(1));
+        // Gen9 register poll mode: the address dword names a register, no memory is read.
+        let poll_reg = (self.core.gen == Gen::Gen9 && d(0) & (1 << 16) != 0).then_some(d(2) & REG_MASK);
         let op = (d(0) >> 12) & 7;
         self.charge(self.cost.mi_ns, "MI_SEMAPHORE_WAIT")?;
         loop {
-            let sad = view.read_u32(space, addr)?;
+            let sad = match poll_reg {
+                Some(r) => self.read_reg(r),
+                None => view.read_u32(space, addr)?,
+            };
             let met = match op {
                 0 => sad > sdd,
                 1 => sad >= sdd,

@@ -462,6 +462,33 @@ fn register_loads_of_the_roots_and_ring_take_effect_when_executed() {
 }
 
 #[test]
+fn a_register_poll_reads_the_register_not_memory() {
+    // Gen9 MI_SEMAPHORE_WAIT in register poll mode compares a register: the address dwords name
+    // it, and no memory is read (here they would name an unmapped global-GTT address).
+    let mut r = rig(Engine::Bcs);
+    let gpr = Engine::Bcs.mmio_base() + reg::GPR0;
+    let mut c = CmdBuf::new();
+    c.lri(&[(gpr, 5)]).raw(&[0x0e41_9002, 5, gpr, 0xffff]).store_dword(Ggtt, WIN + 0x900, 1);
+    r.run(c.align_qword()).unwrap();
+    assert_eq!(r.ggtt32(WIN + 0x900), 1);
+}
+
+#[test]
+fn add_offset_enable_adds_bb_offset_to_the_batch_start() {
+    // Gen9: a batch start with Add Offset Enable fetches from its address plus BB_OFFSET, as the
+    // hardware does, so a scanner that let one through would show here.
+    let mut r = rig(Engine::Bcs);
+    let bcs = Engine::Bcs.mmio_base();
+    let mut target = CmdBuf::new();
+    target.store_dword(Ggtt, WIN + 0x900, 7).bb_end();
+    r.put(WIN + 0x3000, &target);
+    let mut c = CmdBuf::new();
+    c.lri(&[(bcs + reg::BB_OFFSET, 0x2000)]).raw(&[0x1881_0001, (WIN + 0x1000) as u32, (WIN >> 32) as u32]);
+    r.run(c.align_qword()).unwrap();
+    assert_eq!(r.ggtt32(WIN + 0x900), 7, "the engine ran the batch at address + BB_OFFSET");
+}
+
+#[test]
 fn non_privileged_batches_cannot_do_what_privileged_ones_can() {
     let mut r = rig(Engine::Bcs);
     let bcs = Engine::Bcs.mmio_base();

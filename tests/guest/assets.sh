@@ -1,13 +1,15 @@
 #!/bin/bash
 # Builds the real-guest test's assets: Debian bookworm's kernel, an initramfs with its i915 module (and the
 # modules i915 depends on), busybox-static, the guest GEM program (tests/guest/gemtest.rs, built static) and
-# tests/guest/init. Everything comes from `apt-get download` and this checkout; nothing else is downloaded.
+# tests/guest/init; and a second initramfs with Debian's Mesa and the guest GL program (tests/guest/gltest.c).
+# Everything comes from `apt-get download` and this checkout; nothing else is downloaded.
 #
 #   tests/guest/assets.sh OUT_DIR
 #   tests/guest/assets.sh --gemtest-only OUT_DIR    (only the guest program, OUT_DIR/gemtest)
 #
-# Leaves OUT_DIR/vmlinuz and OUT_DIR/initramfs.cpio.gz. The .deb files are cached in OUT_DIR/debs; the
-# guest program and the initramfs are rebuilt on every run.
+# Leaves OUT_DIR/vmlinuz, OUT_DIR/initramfs.cpio.gz and OUT_DIR/initramfs-mesa.cpio.gz (or OUT_DIR/mesa-skipped
+# saying why not). The .deb files are cached in OUT_DIR/debs; the guest programs and the initramfs are rebuilt
+# on every run.
 set -euo pipefail
 
 gemtest_only=
@@ -97,3 +99,43 @@ cp "$out/gemtest" "$root/bin/gemtest"
 (cd "$root" && find . | LC_ALL=C sort | cpio -o -H newc --quiet | gzip -1 > "$out/initramfs.cpio.gz.tmp")
 mv "$out/initramfs.cpio.gz.tmp" "$out/initramfs.cpio.gz"
 echo "assets.sh: kernel $kver, modules: ${order[*]}"
+
+# 5. The Mesa initramfs: the same, plus Debian's Mesa (EGL, GBM, GLES, the iris driver alone, so it
+#    cannot fall back to software rendering) with every library it needs, glibc's loader, and the
+#    guest program tests/guest/gltest.c built against Debian's -dev headers. Without the headers
+#    or the packages it is skipped, with the reason in OUT_DIR/mesa-skipped.
+rm -f "$out/initramfs-mesa.cpio.gz" "$out/mesa-skipped"
+mesa_skip() { echo "$1" > "$out/mesa-skipped"; echo "assets.sh: Mesa initramfs skipped: $1"; exit 0; }
+for h in EGL/egl.h GLES3/gl32.h gbm.h; do
+    [ -e "/usr/include/$h" ] || mesa_skip "/usr/include/$h is missing (apt-get install libegl-dev libgles-dev libgbm-dev)"
+done
+command -v gcc >/dev/null 2>&1 || mesa_skip "gcc is missing"
+gcc -O2 -Wall -o "$out/gltest" "$here/gltest.c" -lEGL -lGLESv2 -lgbm || mesa_skip "gltest.c does not build"
+mkdir -p "$out/debs/mesa"
+cd "$out/debs/mesa"
+pkgs=$(apt-cache depends --recurse --no-recommends --no-suggests --no-conflicts --no-breaks --no-replaces \
+    --no-enhances libegl1 libgles2 libgbm1 libegl-mesa0 libgl1-mesa-dri 2>/dev/null | grep -E '^[a-z0-9]' | sort -u)
+for p in $pkgs; do
+    ls "${p}"_*.deb >/dev/null 2>&1 || apt-get download "$p" >/dev/null 2>&1 || mesa_skip "apt-get download $p failed"
+done
+if [ ! -d "$out/mesa" ]; then
+    rm -rf "$out/mesa.tmp"
+    for d in *.deb; do dpkg-deb -x "$d" "$out/mesa.tmp"; done
+    mv "$out/mesa.tmp" "$out/mesa"
+fi
+mroot="$out/root-mesa"
+rm -rf "$mroot"
+cp -a "$root" "$mroot"
+for d in lib lib64 usr/lib; do
+    [ -d "$out/mesa/$d" ] && mkdir -p "$mroot/$d" && cp -a "$out/mesa/$d/." "$mroot/$d/"
+done
+# Only the iris driver: with no software driver beside it, Mesa cannot fall back to one.
+find "$mroot/usr/lib/x86_64-linux-gnu/dri" -name '*.so' ! -name 'iris_dri.so' -delete
+[ -e "$mroot/usr/lib/x86_64-linux-gnu/dri/iris_dri.so" ] || mesa_skip "no iris_dri.so in libgl1-mesa-dri"
+mkdir -p "$mroot/usr/share"
+cp -a "$out/mesa/usr/share/glvnd" "$mroot/usr/share/"
+[ -d "$out/mesa/usr/share/drirc.d" ] && cp -a "$out/mesa/usr/share/drirc.d" "$mroot/usr/share/"
+cp "$out/gltest" "$mroot/bin/gltest"
+(cd "$mroot" && find . | LC_ALL=C sort | cpio -o -H newc --quiet | gzip -1 > "$out/initramfs-mesa.cpio.gz.tmp")
+mv "$out/initramfs-mesa.cpio.gz.tmp" "$out/initramfs-mesa.cpio.gz"
+echo "assets.sh: Mesa initramfs: $(du -sh "$mroot" | cut -f1) ($(echo $pkgs | wc -w) packages)"

@@ -142,7 +142,8 @@ fn two_guests_at_once_on_one_served_gpu() {
 enum Program {
     /// tests/guest/gemtest.rs: stores on every engine, a blit, 1,000 nops, a hang i915 resets.
     Gem,
-    /// tests/guest/gltest.c: Mesa's iris driver renders 100 frames through EGL/GBM/GLES.
+    /// tests/guest/gltest.c and vktest.c: Mesa's iris renders 100 frames through EGL/GBM/GLES, its
+    /// anv runs 100 Vulkan submissions (a clear and a copy, each waited for with a fence).
     Mesa,
 }
 
@@ -272,7 +273,7 @@ fn run_guests(name: &str, platform: &str, programs: &[Program]) {
 }
 
 fn guest_lines(log: &str) -> Vec<&str> {
-    log.lines().filter(|l| l.starts_with("guest:") || l.starts_with("gemtest:") || l.starts_with("gltest:")).collect()
+    log.lines().filter(|l| ["guest:", "gemtest:", "gltest:", "vktest:"].iter().any(|p| l.starts_with(p))).collect()
 }
 
 /// What a guest that ran `program` must have printed, and the server's summary of its client.
@@ -284,7 +285,13 @@ fn check(program: Program, lines: &[&str], left: &str, chipset: &str, console: &
         Program::Mesa => {
             // Every workload Mesa and i915 submitted ran: none refused, failed or cancelled.
             assert!(left.contains(" 0 failed, 0 cancelled, 0 refused"), "{left}");
-            vec!["gltest: PASS", "guest: gltest passed", "guest: no GPU hang, no engine reset"]
+            vec![
+                "gltest: PASS",
+                "guest: gltest passed",
+                "vktest: PASS",
+                "guest: vktest passed",
+                "guest: no GPU hang, no engine reset",
+            ]
         }
         Program::Gem => {
             // The server saw the endless batch fail on the engine and nothing else.

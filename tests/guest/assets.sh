@@ -100,27 +100,34 @@ cp "$out/gemtest" "$root/bin/gemtest"
 mv "$out/initramfs.cpio.gz.tmp" "$out/initramfs.cpio.gz"
 echo "assets.sh: kernel $kver, modules: ${order[*]}"
 
-# 5. The Mesa initramfs: the same, plus Debian's Mesa (EGL, GBM, GLES, the iris driver alone, so it
-#    cannot fall back to software rendering) with every library it needs, glibc's loader, and the
-#    guest program tests/guest/gltest.c built against Debian's -dev headers. Without the headers
+# 5. The Mesa initramfs: the same, plus Debian's Mesa (EGL, GBM, GLES and Vulkan, its Intel drivers
+#    alone, so it cannot fall back to software rendering) with every library it needs,
+#    glibc's loader, and the guest programs tests/guest/gltest.c and vktest.c built against
+#    Debian's -dev headers. Without the headers
 #    or the packages it is skipped, with the reason in OUT_DIR/mesa-skipped.
 rm -f "$out/initramfs-mesa.cpio.gz" "$out/mesa-skipped"
 mesa_skip() { echo "$1" > "$out/mesa-skipped"; echo "assets.sh: Mesa initramfs skipped: $1"; exit 0; }
-for h in EGL/egl.h GLES3/gl32.h gbm.h; do
-    [ -e "/usr/include/$h" ] || mesa_skip "/usr/include/$h is missing (apt-get install libegl-dev libgles-dev libgbm-dev)"
+for h in EGL/egl.h GLES3/gl32.h gbm.h vulkan/vulkan.h; do
+    [ -e "/usr/include/$h" ] ||
+        mesa_skip "/usr/include/$h is missing (apt-get install libegl-dev libgles-dev libgbm-dev libvulkan-dev)"
 done
 command -v gcc >/dev/null 2>&1 || mesa_skip "gcc is missing"
 gcc -O2 -Wall -o "$out/gltest" "$here/gltest.c" -lEGL -lGLESv2 -lgbm || mesa_skip "gltest.c does not build"
+gcc -O2 -Wall -o "$out/vktest" "$here/vktest.c" -lvulkan || mesa_skip "vktest.c does not build"
 mkdir -p "$out/debs/mesa"
 cd "$out/debs/mesa"
-pkgs=$(apt-cache depends --recurse --no-recommends --no-suggests --no-conflicts --no-breaks --no-replaces \
-    --no-enhances libegl1 libgles2 libgbm1 libegl-mesa0 libgl1-mesa-dri 2>/dev/null | grep -E '^[a-z0-9]' | sort -u)
+# GL's closure; Vulkan's loader and anv need only libxcb-shm0 beyond it (mesa-vulkan-drivers'
+# own dependencies pull in Python and Perl for its tools, which the guest does not run).
+pkgs=$( (apt-cache depends --recurse --no-recommends --no-suggests --no-conflicts --no-breaks --no-replaces \
+    --no-enhances libegl1 libgles2 libgbm1 libegl-mesa0 libgl1-mesa-dri 2>/dev/null | grep -E '^[a-z0-9]';
+    echo mesa-vulkan-drivers libvulkan1 libxcb-shm0 | tr ' ' '\n') | sort -u)
 for p in $pkgs; do
     ls "${p}"_*.deb >/dev/null 2>&1 || apt-get download "$p" >/dev/null 2>&1 || mesa_skip "apt-get download $p failed"
 done
-if [ ! -d "$out/mesa" ]; then
-    rm -rf "$out/mesa.tmp"
-    for d in *.deb; do dpkg-deb -x "$d" "$out/mesa.tmp"; done
+if [ "$(cat "$out/mesa/.packages" 2>/dev/null)" != "$pkgs" ]; then
+    rm -rf "$out/mesa" "$out/mesa.tmp"
+    for p in $pkgs; do dpkg-deb -x "$(ls "${p}"_*.deb | head -1)" "$out/mesa.tmp"; done
+    echo "$pkgs" > "$out/mesa.tmp/.packages"
     mv "$out/mesa.tmp" "$out/mesa"
 fi
 mroot="$out/root-mesa"
@@ -129,13 +136,18 @@ cp -a "$root" "$mroot"
 for d in lib lib64 usr/lib; do
     [ -d "$out/mesa/$d" ] && mkdir -p "$mroot/$d" && cp -a "$out/mesa/$d/." "$mroot/$d/"
 done
-# Only the iris driver: with no software driver beside it, Mesa cannot fall back to one.
+# Only the Intel drivers (iris; anv, and hasvk for Gen8 since Mesa 22.3): with no software driver
+# beside them, Mesa cannot fall back to one.
 find "$mroot/usr/lib/x86_64-linux-gnu/dri" -name '*.so' ! -name 'iris_dri.so' -delete
+rm -f "$mroot"/usr/lib/x86_64-linux-gnu/libvulkan_{lvp,radeon}.so "$mroot"/usr/lib/x86_64-linux-gnu/libVkLayer_*
 [ -e "$mroot/usr/lib/x86_64-linux-gnu/dri/iris_dri.so" ] || mesa_skip "no iris_dri.so in libgl1-mesa-dri"
-mkdir -p "$mroot/usr/share"
+[ -e "$mroot/usr/lib/x86_64-linux-gnu/libvulkan_intel.so" ] || mesa_skip "no libvulkan_intel.so in mesa-vulkan-drivers"
+mkdir -p "$mroot/usr/share/vulkan/icd.d"
 cp -a "$out/mesa/usr/share/glvnd" "$mroot/usr/share/"
+cp "$out/mesa/usr/share/vulkan/icd.d/"intel_{,hasvk_}icd.x86_64.json "$mroot/usr/share/vulkan/icd.d/"
 [ -d "$out/mesa/usr/share/drirc.d" ] && cp -a "$out/mesa/usr/share/drirc.d" "$mroot/usr/share/"
 cp "$out/gltest" "$mroot/bin/gltest"
+cp "$out/vktest" "$mroot/bin/vktest"
 (cd "$mroot" && find . | LC_ALL=C sort | cpio -o -H newc --quiet | gzip -1 > "$out/initramfs-mesa.cpio.gz.tmp")
 mv "$out/initramfs-mesa.cpio.gz.tmp" "$out/initramfs-mesa.cpio.gz"
 echo "assets.sh: Mesa initramfs: $(du -sh "$mroot" | cut -f1) ($(echo $pkgs | wc -w) packages)"

@@ -130,6 +130,16 @@ fn broadwell_mesa_renders_frames_on_a_vgpu() {
 }
 
 #[test]
+fn coffee_lake_igt_gem_subtests_pass_on_a_vgpu() {
+    run_guests("cfl-igt", "cfl", &[Program::Igt]);
+}
+
+#[test]
+fn broadwell_igt_gem_subtests_pass_on_a_vgpu() {
+    run_guests("bdw-igt", "bdw", &[Program::Igt]);
+}
+
+#[test]
 fn two_guests_at_once_on_one_served_gpu() {
     // As users run it: one `serve`, two sockets, two VMs at the same time, one running the GEM
     // program (with its deliberate hang), the other Mesa. Each is served and counted on its own;
@@ -145,6 +155,8 @@ enum Program {
     /// tests/guest/gltest.c and vktest.c: Mesa's iris renders 100 frames through EGL/GBM/GLES, its
     /// anv runs 100 Vulkan submissions (a clear and a copy, each waited for with a fence).
     Mesa,
+    /// IGT's own test programs (from `SHADOWGPU_IGT_TESTS`): the subtests in tests/guest/igt-subtests.
+    Igt,
 }
 
 impl Program {
@@ -152,13 +164,33 @@ impl Program {
         match self {
             Program::Gem => "initramfs.cpio.gz",
             Program::Mesa => "initramfs-mesa.cpio.gz",
+            Program::Igt => "initramfs-igt.cpio.gz",
         }
     }
 
     fn ram(self) -> &'static str {
         match self {
             Program::Gem => "512M",
-            Program::Mesa => "1536M",
+            Program::Mesa | Program::Igt => "1536M",
+        }
+    }
+
+    /// Everything (boot, the program, power-off) must be done within this.
+    fn limit(self) -> Duration {
+        match self {
+            Program::Igt => Duration::from_secs(1500),
+            _ => GUEST_LIMIT,
+        }
+    }
+
+    /// Why the assets have no initramfs for this program.
+    fn skipped(self, assets: &Path) -> String {
+        let file = if self == Program::Igt { "igt-skipped" } else { "mesa-skipped" };
+        let why = read(&assets.join(file));
+        if why.trim().is_empty() {
+            read(&assets.join("mesa-skipped"))
+        } else {
+            why
         }
     }
 }
@@ -183,8 +215,7 @@ fn run_guests(name: &str, platform: &str, programs: &[Program]) {
         }
     };
     if let Some(p) = programs.iter().find(|p| !assets.join(p.initrd()).exists()) {
-        let why = read(&assets.join("mesa-skipped"));
-        println!("real_guest: {name}: skipped ({p:?} has no initramfs): {}", why.trim());
+        println!("real_guest: {name}: skipped ({p:?} has no initramfs): {}", p.skipped(&assets).trim());
         return;
     }
     // One run at a time: each TCG guest wants a core of its own, and the two-guest run two.
@@ -244,7 +275,7 @@ fn run_guests(name: &str, platform: &str, programs: &[Program]) {
         guests.push((*program, console, Reaper(guest)));
     }
     let exits: Vec<Option<std::process::ExitStatus>> =
-        guests.iter_mut().map(|(_, _, g)| wait_for(&mut g.0, GUEST_LIMIT.saturating_sub(started.elapsed()))).collect();
+        guests.iter_mut().map(|(p, _, g)| wait_for(&mut g.0, p.limit().saturating_sub(started.elapsed()))).collect();
     let guest_secs = started.elapsed().as_secs_f64();
     let server_exit = wait_for(&mut server.0, Duration::from_secs(20));
     let server_text = read(&server_log);
@@ -258,7 +289,8 @@ fn run_guests(name: &str, platform: &str, programs: &[Program]) {
     println!("{server_text}");
 
     for (i, ((program, console, _), exit)) in guests.iter().zip(&exits).enumerate() {
-        assert!(exit.is_some(), "guest {i} did not power off within {GUEST_LIMIT:?}; console: {}", console.display());
+        let limit = program.limit();
+        assert!(exit.is_some(), "guest {i} did not power off within {limit:?}; console: {}", console.display());
         let lines = guest_lines(&logs[i]);
         let failures: Vec<&&str> = lines.iter().filter(|l| l.contains("FAIL")).collect();
         assert!(failures.is_empty(), "guest {i} reported failures: {failures:#?}");
@@ -273,7 +305,9 @@ fn run_guests(name: &str, platform: &str, programs: &[Program]) {
 }
 
 fn guest_lines(log: &str) -> Vec<&str> {
-    log.lines().filter(|l| ["guest:", "gemtest:", "gltest:", "vktest:"].iter().any(|p| l.starts_with(p))).collect()
+    log.lines()
+        .filter(|l| ["guest:", "gemtest:", "gltest:", "vktest:", "igt:"].iter().any(|p| l.starts_with(p)))
+        .collect()
 }
 
 /// What a guest that ran `program` must have printed, and the server's summary of its client.
@@ -282,6 +316,17 @@ fn check(program: Program, lines: &[&str], left: &str, chipset: &str, console: &
     let chipset_line = format!("chipset {chipset}");
     let common = ["guest: gvt-g mode detected", "guest: ggtt ballooned", "guest: not wedged"];
     let wanted: Vec<&str> = match program {
+        Program::Igt => {
+            // Every listed subtest passes, or skips for a reason the hardware would give too.
+            let verdicts: Vec<&&str> = lines.iter().filter(|l| l.starts_with("igt: ") && l.contains('@')).collect();
+            let listed = include_str!("guest/igt-subtests").lines().filter(|l| !l.is_empty() && !l.starts_with('#'));
+            assert_eq!(verdicts.len(), listed.count(), "a verdict per subtest: {verdicts:#?}");
+            let bad: Vec<&&&str> =
+                verdicts.iter().filter(|l| !(l.ends_with(": pass") || l.contains(": skip"))).collect();
+            assert!(bad.is_empty(), "IGT subtests that did not pass: {bad:#?}");
+            assert!(left.contains(" 0 failed, 0 cancelled, 0 refused"), "{left}");
+            vec![]
+        }
         Program::Mesa => {
             // Every workload Mesa and i915 submitted ran: none refused, failed or cancelled.
             assert!(left.contains(" 0 failed, 0 cancelled, 0 refused"), "{left}");

@@ -14,7 +14,7 @@ use super::error::{BufferKind, Location, Reason, ScanError};
 use super::fastwalk;
 use super::memory::{copy_from_gm, AddrSpace, CopyFault, GmTranslate, GmWindows, PAGE_SIZE};
 use super::table::{CmdDesc, CommandTable, Decoded, ENTRY_FAST, ENTRY_GGTT_AUDIT};
-use super::workload::{BufferId, Events, ScanStats, ScannedWorkload, ShadowBuffer};
+use super::workload::{BufferId, ScanStats, ScannedWorkload, ShadowBuffer};
 use crate::hw::{Engine, Gen};
 
 /// The guest ring as its context describes it.
@@ -252,15 +252,7 @@ where
             p,
             table: CommandTable::for_gen(p.gen),
             obs,
-            out: ScannedWorkload {
-                ring: ShadowBuffer { kind: first, dwords: Vec::new() },
-                batches: Vec::new(),
-                relocs: Vec::new(),
-                root_loads: Vec::new(),
-                events: Events::empty(),
-                dropped: Vec::new(),
-                stats: ScanStats::default(),
-            },
+            out: ScannedWorkload::empty(first),
             seen: HashMap::new(),
             queue: Vec::new(),
             history: fastwalk::History::new(),

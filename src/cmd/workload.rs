@@ -123,8 +123,13 @@ impl ScannedWorkload {
     /// A workload of commands the host wrote itself: a ring and nothing else (no batches, no
     /// interrupts to raise).
     pub fn host_ring(dwords: Vec<u32>) -> Self {
+        ScannedWorkload { ring: ShadowBuffer { kind: BufferKind::Ring, dwords }, ..Self::empty(BufferKind::Ring) }
+    }
+
+    /// Nothing yet: an empty first buffer of `kind` (the ring, or a context image scanned alone).
+    pub(crate) fn empty(kind: BufferKind) -> Self {
         ScannedWorkload {
-            ring: ShadowBuffer { kind: BufferKind::Ring, dwords },
+            ring: ShadowBuffer { kind, dwords: Vec::new() },
             batches: Vec::new(),
             relocs: Vec::new(),
             root_loads: Vec::new(),

@@ -31,7 +31,7 @@ pub mod stats;
 mod tests;
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -160,6 +160,9 @@ struct Queued {
 struct VgpuQueue {
     jobs: VecDeque<Queued>,
     hung: bool,
+    /// The guest is resetting the engine: its running job stops at its next preemption point,
+    /// and nothing of it is picked until the reset is done.
+    resetting: bool,
     /// Saved values of the switched registers (host defaults until the vGPU first runs).
     saved: Vec<u32>,
 }
@@ -200,6 +203,8 @@ struct EngineSched {
     cv: Condvar,
     /// Bumped on every submission, so an idle engine thread can spin briefly before sleeping.
     submissions: AtomicU64,
+    /// Resets in progress on this engine (a cheap check at every preemption point).
+    resets: AtomicUsize,
 }
 
 /// How long an idle engine thread watches for new work before it sleeps: a guest that submits
@@ -267,6 +272,7 @@ impl Scheduler {
                     }),
                     cv: Condvar::new(),
                     submissions: AtomicU64::new(0),
+                    resets: AtomicUsize::new(0),
                 }
             })
             .collect();
@@ -396,15 +402,28 @@ impl Scheduler {
         for e in self.inner.engines.iter().filter(|e| engines.has(e.engine)) {
             let dropped: Vec<Queued> = {
                 let mut st = e.state.lock();
-                let mut d: Vec<Queued> = st.queues.get_mut(&id).map(|q| q.jobs.drain(..).collect()).unwrap_or_default();
+                let mut d: Vec<Queued> = match st.queues.get_mut(&id) {
+                    Some(q) => {
+                        // As on hardware, the reset stops what runs: the running job stops at its
+                        // next preemption point (a job that never reaches one, at the hang
+                        // timeout), instead of the guest's reset waiting for it to end.
+                        q.resetting = true;
+                        q.jobs.drain(..).collect()
+                    }
+                    None => Vec::new(),
+                };
+                e.resets.fetch_add(1, Ordering::AcqRel);
                 while st.running == Some(id) {
                     e.cv.wait(&mut st);
                 }
+                e.resets.fetch_sub(1, Ordering::AcqRel);
                 if let Some(q) = st.queues.get_mut(&id) {
-                    // A job preempted meanwhile went back to the queue: it goes too.
+                    // The job stopped by the reset went back to the queue: it goes too.
                     d.extend(q.jobs.drain(..));
                     q.hung = false;
+                    q.resetting = false;
                 }
+                e.cv.notify_all();
                 d
             };
             cancel(&self.inner, id, dropped, "engine reset");
@@ -569,6 +588,12 @@ fn contended(e: &EngineSched, id: VgpuId) -> bool {
         .is_some_and(|st| st.shutdown || st.queues.iter().any(|(q, v)| *q != id && !v.hung && !v.jobs.is_empty()))
 }
 
+/// Whether the guest of `id` is resetting the engine (a busy state lock answers no; the next
+/// preemption point asks again).
+fn being_reset(e: &EngineSched, id: VgpuId) -> bool {
+    e.state.try_lock().is_some_and(|st| st.queues.get(&id).is_some_and(|q| q.resetting))
+}
+
 fn engine_loop(inner: &Inner, index: usize) {
     let Some(e) = inner.engines.get(index) else { return };
     let host = &*inner.host;
@@ -581,7 +606,8 @@ fn engine_loop(inner: &Inner, index: usize) {
                     return;
                 }
                 let EngineState { policy, queues, .. } = &mut *st;
-                let pick = policy.pick(|id| queues.get(&id).is_some_and(|q| !q.hung && !q.jobs.is_empty()));
+                let pick =
+                    policy.pick(|id| queues.get(&id).is_some_and(|q| !q.hung && !q.resetting && !q.jobs.is_empty()));
                 match pick {
                     Some(id) => break id,
                     None if !spun => {
@@ -612,6 +638,9 @@ fn engine_loop(inner: &Inner, index: usize) {
         let next_wall = std::cell::Cell::new(slice_left);
         let calls = std::cell::Cell::new(0u32);
         let preempt = |used: u64| {
+            if e.resets.load(Ordering::Acquire) != 0 && being_reset(e, id) {
+                return true;
+            }
             if !inner.cfg.preemption {
                 return false;
             }

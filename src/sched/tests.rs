@@ -262,3 +262,45 @@ fn completions_in_submission_order_and_refusals() {
     assert_eq!(s.latencies_ns.len(), 20);
     assert!(sched.stats(7).is_none());
 }
+
+#[test]
+fn an_engine_reset_stops_the_running_workload_at_once() {
+    // The guest resets an engine whose workload never ends (an endless batch, here a semaphore
+    // nobody signals, with no hang timeout in sight): as on hardware, the reset stops it. A
+    // GDRST write that waited for the workload to end blocked the guest's MMIO, and QEMU's
+    // vfio-user client gave up on the reply (IGT gem_ctx_exec basic-norecovery).
+    for preemption in [true, false] {
+        let cost = CostModel { hang_timeout_ns: u64::MAX / 4, ..CostModel::default() };
+        let g = gpu(cost);
+        let cfg = SchedConfig { preemption, ..SchedConfig::default() };
+        let sched = Arc::new(Scheduler::new(g.clone(), cfg));
+        sched.add_vgpu(1, 4).unwrap();
+        let ctx = Arc::new(Mutex::new(ShadowContext::with_blank_clean(Gen::Gen9, Engine::Vcs)));
+        let mut hang = CmdBuf::new();
+        hang.semaphore_wait(AddrSpace::Ggtt, g.context_area(Engine::Vcs) + 0x800, 1);
+        let results = Arc::new(Mutex::new(Vec::new()));
+        for _ in 0..2 {
+            let r = results.clone();
+            sched.submit(1, Engine::Vcs, job(&ctx, hang.clone(), move |x| r.lock().push(x))).unwrap();
+        }
+        // Let the first one start (it never ends).
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let s2 = sched.clone();
+        std::thread::spawn(move || {
+            let _ = tx.send(s2.reset_queue(1, EngineMask::VCS));
+        });
+        let reset = rx.recv_timeout(std::time::Duration::from_secs(30));
+        assert!(matches!(reset, Ok(Ok(()))), "preemption {preemption}: the reset did not return: {reset:?}");
+        sched.wait_idle(1);
+        let r = results.lock().clone();
+        assert_eq!(r.len(), 2, "{r:?}");
+        assert!(r.iter().all(|x| matches!(x, Err(JobError::Cancelled(_)))), "preemption {preemption}: {r:?}");
+        // The engine is the vGPU's again.
+        let ok = Arc::new(AtomicBool::new(false));
+        let o = ok.clone();
+        sched.submit(1, Engine::Vcs, job(&ctx, video_ring(1), move |r| o.store(r.is_ok(), Ordering::SeqCst))).unwrap();
+        sched.wait_idle(1);
+        assert!(ok.load(Ordering::SeqCst));
+    }
+}

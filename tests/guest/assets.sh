@@ -151,3 +151,41 @@ cp "$out/vktest" "$mroot/bin/vktest"
 (cd "$mroot" && find . | LC_ALL=C sort | cpio -o -H newc --quiet | gzip -1 > "$out/initramfs-mesa.cpio.gz.tmp")
 mv "$out/initramfs-mesa.cpio.gz.tmp" "$out/initramfs-mesa.cpio.gz"
 echo "assets.sh: Mesa initramfs: $(du -sh "$mroot" | cut -f1) ($(echo $pkgs | wc -w) packages)"
+
+# 6. The IGT initramfs, when SHADOWGPU_IGT_TESTS names a folder of IGT 1.27.1 test programs built
+#    against Debian's libigt (IGT's own tests are not packaged; nothing here builds them): the Mesa
+#    initramfs, plus intel-gpu-tools' libigt and the libraries it needs, the programs in /igt and
+#    the subtests to run (tests/guest/igt-subtests).
+rm -f "$out/initramfs-igt.cpio.gz" "$out/igt-skipped"
+igt_skip() { echo "$1" > "$out/igt-skipped"; echo "assets.sh: IGT initramfs skipped: $1"; exit 0; }
+[ -n "${SHADOWGPU_IGT_TESTS:-}" ] || igt_skip "SHADOWGPU_IGT_TESTS is not set (a folder of IGT 1.27.1 test programs)"
+[ -d "$SHADOWGPU_IGT_TESTS" ] || igt_skip "SHADOWGPU_IGT_TESTS=$SHADOWGPU_IGT_TESTS is not a folder"
+mkdir -p "$out/debs/igt"
+cd "$out/debs/igt"
+# Libraries only: fonts, debconf and tools in intel-gpu-tools' closure are not needed to run tests.
+ipkgs=$(apt-cache depends --recurse --no-recommends --no-suggests --no-conflicts --no-breaks --no-replaces \
+    --no-enhances intel-gpu-tools 2>/dev/null | grep -E '^[a-z0-9]' | sort -u |
+    grep -vE '^(fonts-|ttf-|xfonts-|x11-common|cdebconf|debconf|dpkg|install-info|lsb-base|readline-common|sysvinit-utils|tar$|libnewt|libslang|libtextwrap|libdebian-installer|fontconfig-config)')
+for p in $ipkgs; do
+    ls "${p}"_*.deb >/dev/null 2>&1 || apt-get download "$p" >/dev/null 2>&1 || igt_skip "apt-get download $p failed"
+done
+iroot="$out/root-igt"
+rm -rf "$iroot" "$out/igt.tmp"
+for p in $ipkgs; do dpkg-deb -x "$(ls "${p}"_*.deb | head -1)" "$out/igt.tmp"; done
+cp -a "$mroot" "$iroot"
+for d in lib usr/lib; do
+    [ -d "$out/igt.tmp/$d" ] && mkdir -p "$iroot/$d" && cp -a "$out/igt.tmp/$d/." "$iroot/$d/"
+done
+rm -rf "$out/igt.tmp"
+mkdir -p "$iroot/igt"
+n=0
+while read -r prog _; do
+    case "$prog" in ''|'#'*) continue ;; esac
+    [ -x "$SHADOWGPU_IGT_TESTS/$prog" ] || igt_skip "$SHADOWGPU_IGT_TESTS/$prog is missing"
+    [ -e "$iroot/igt/$prog" ] || { cp "$SHADOWGPU_IGT_TESTS/$prog" "$iroot/igt/"; n=$((n + 1)); }
+done < "$here/igt-subtests"
+cp "$here/igt-subtests" "$iroot/igt/subtests"
+ln -sf busybox "$iroot/bin/timeout"
+(cd "$iroot" && find . | LC_ALL=C sort | cpio -o -H newc --quiet | gzip -1 > "$out/initramfs-igt.cpio.gz.tmp")
+mv "$out/initramfs-igt.cpio.gz.tmp" "$out/initramfs-igt.cpio.gz"
+echo "assets.sh: IGT initramfs: $n programs, $(grep -cvE '^(#|$)' "$here/igt-subtests") subtests"

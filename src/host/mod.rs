@@ -129,6 +129,12 @@ pub enum HostError {
         /// Why.
         why: String,
     },
+    /// The run was stopped by [`HostGpu::abort`] (the guest reset the engine).
+    #[error("{engine}: stopped by an engine reset")]
+    Aborted {
+        /// Engine.
+        engine: Engine,
+    },
     /// The workload does not fit the host's shadow areas.
     #[error("{engine}: cannot place the workload: {why}")]
     Placement {
@@ -169,6 +175,10 @@ pub trait HostGpu: Send + Sync + std::fmt::Debug {
     fn run(&self, engine: Engine, job: HostJob<'_>) -> Result<RunReport, HostError>;
     /// Resets `engine` after a hang or fault.
     fn reset_engine(&self, engine: Engine);
+    /// Stops the workload running on `engine`, at its next command, as an engine reset stops the
+    /// hardware's: the run returns [`HostError::Aborted`]. A run that starts later is not
+    /// affected. Backends that cannot stop a run let it end at its hang timeout.
+    fn abort(&self, _engine: Engine) {}
     /// The engine's clock (engine time it has been busy, ns), readable while it runs, if the
     /// backend keeps one; the scheduler measures latencies in engine time with it.
     fn engine_clock(&self, _engine: Engine) -> Option<u64> {

@@ -413,6 +413,11 @@ impl Scheduler {
                     None => Vec::new(),
                 };
                 e.resets.fetch_add(1, Ordering::AcqRel);
+                if st.running == Some(id) {
+                    // Stopped at its next command even where it cannot be preempted
+                    // (arbitration off, as i915 runs a GVT-g guest's batches).
+                    self.inner.host.abort(e.engine);
+                }
                 while st.running == Some(id) {
                     e.cv.wait(&mut st);
                 }
@@ -670,7 +675,12 @@ fn engine_loop(inner: &Inner, index: usize) {
             Err(_) => 0,
         };
         let preempted = matches!(&result, Ok(r) if r.preempted);
-        let failed = matches!(result, Err(JobError::Host(_)));
+        // Stopped by the guest's engine reset: nothing failed; the reset drops it.
+        let aborted = matches!(result, Err(JobError::Host(HostError::Aborted { .. })));
+        let failed = matches!(result, Err(JobError::Host(_))) && !aborted;
+        if aborted {
+            host.reset_engine(e.engine);
+        }
         if failed {
             host.reset_engine(e.engine);
         }
@@ -684,6 +694,7 @@ fn engine_loop(inner: &Inner, index: usize) {
             match &result {
                 Ok(_) if preempted => s.preemptions += 1,
                 Ok(_) => s.completed += 1,
+                Err(_) if aborted => s.cancelled += 1,
                 Err(e) => {
                     s.failed += 1;
                     s.last_failure = Some(e.to_string());
@@ -726,8 +737,13 @@ fn engine_loop(inner: &Inner, index: usize) {
         // Preempted and requeued: nothing completes.
         let Some(q) = requeued else { continue };
         let latency = q.at.elapsed().as_nanos() as u64;
-        let result =
-            if preempted { Err(JobError::Cancelled("the vGPU left while its work was preempted")) } else { result };
+        let result = if preempted {
+            Err(JobError::Cancelled("the vGPU left while its work was preempted"))
+        } else if aborted {
+            Err(JobError::Cancelled("engine reset"))
+        } else {
+            result
+        };
         q.job.complete(result.clone());
         if let Some(s) = &stats {
             let mut s = s.lock();

@@ -269,7 +269,7 @@ fn an_engine_reset_stops_the_running_workload_at_once() {
     // nobody signals, with no hang timeout in sight): as on hardware, the reset stops it. A
     // GDRST write that waited for the workload to end blocked the guest's MMIO, and QEMU's
     // vfio-user client gave up on the reply (IGT gem_ctx_exec basic-norecovery).
-    for preemption in [true, false] {
+    for (preemption, arbitration_off) in [(true, false), (false, false), (true, true)] {
         let cost = CostModel { hang_timeout_ns: u64::MAX / 4, ..CostModel::default() };
         let g = gpu(cost);
         let cfg = SchedConfig { preemption, ..SchedConfig::default() };
@@ -277,6 +277,10 @@ fn an_engine_reset_stops_the_running_workload_at_once() {
         sched.add_vgpu(1, 4).unwrap();
         let ctx = Arc::new(Mutex::new(ShadowContext::with_blank_clean(Gen::Gen9, Engine::Vcs)));
         let mut hang = CmdBuf::new();
+        if arbitration_off {
+            // As i915 runs a GVT-g guest's batches: no preemption point until they end.
+            hang.raw(&[0x0400_0000]);
+        }
         hang.semaphore_wait(AddrSpace::Ggtt, g.context_area(Engine::Vcs) + 0x800, 1);
         let results = Arc::new(Mutex::new(Vec::new()));
         for _ in 0..2 {
@@ -291,11 +295,12 @@ fn an_engine_reset_stops_the_running_workload_at_once() {
             let _ = tx.send(s2.reset_queue(1, EngineMask::VCS));
         });
         let reset = rx.recv_timeout(std::time::Duration::from_secs(30));
-        assert!(matches!(reset, Ok(Ok(()))), "preemption {preemption}: the reset did not return: {reset:?}");
+        assert!(matches!(reset, Ok(Ok(()))), "{preemption} {arbitration_off}: the reset did not return: {reset:?}");
         sched.wait_idle(1);
         let r = results.lock().clone();
         assert_eq!(r.len(), 2, "{r:?}");
-        assert!(r.iter().all(|x| matches!(x, Err(JobError::Cancelled(_)))), "preemption {preemption}: {r:?}");
+        assert!(r.iter().all(|x| matches!(x, Err(JobError::Cancelled(_)))), "{preemption} {arbitration_off}: {r:?}");
+        assert_eq!(sched.stats(1).unwrap().failed, 0, "a reset is no failure");
         // The engine is the vGPU's again.
         let ok = Arc::new(AtomicBool::new(false));
         let o = ok.clone();

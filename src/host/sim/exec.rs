@@ -70,6 +70,8 @@ pub(super) enum Stop {
     /// Preempted at a preemption point: the engine's registers say where it stopped (ring head,
     /// batch state), for the save.
     Preempted,
+    /// Stopped by an engine reset the host asked for ([`HostGpu::abort`](crate::host::HostGpu)).
+    Aborted,
 }
 
 impl From<MemFault> for Stop {
@@ -273,6 +275,8 @@ pub(super) struct Exec<'a> {
     buf: Vec<u32>,
     /// Asked at each preemption point with the engine time of this run so far: stop now?
     pub preempt: Option<&'a dyn Fn(u64) -> bool>,
+    /// Set by the host to stop the run at its next command (an engine reset).
+    pub abort: Option<&'a std::sync::atomic::AtomicBool>,
     /// Engine time after which the run is a hang.
     pub timeout_ns: u64,
     /// MI_ARB_ON_OFF: preemption allowed.
@@ -317,11 +321,21 @@ impl<'a> Exec<'a> {
             at: 0,
             buf: vec![],
             preempt: None,
+            abort: None,
             timeout_ns: cost.hang_timeout_ns,
             arbitration: true,
             preemptible: false,
             progress: false,
             real_time: None,
+        }
+    }
+
+    /// Whether the host stopped the run (an engine reset): checked before every command and
+    /// while a semaphore waits.
+    fn aborted(&self) -> Result<(), Stop> {
+        match self.abort {
+            Some(a) if a.load(std::sync::atomic::Ordering::Acquire) => Err(Stop::Aborted),
+            _ => Ok(()),
         }
     }
 
@@ -667,6 +681,7 @@ impl<'a> Exec<'a> {
 
     /// Executes the command in `self.buf`.
     fn execute(&mut self, view: &mut MemView<'a>) -> Result<Flow, Stop> {
+        self.aborted()?;
         if self.core.reset_requested() {
             return Err(Stop::Fault("the engine was reset through GDRST by a command stream".into()));
         }
@@ -888,6 +903,7 @@ impl<'a> Exec<'a> {
                 return Ok(Flow::Preempt { again: true });
             }
             // Another engine or the CPU may signal: let them run between polls.
+            self.aborted()?;
             self.charge(self.cost.semaphore_poll_ns, "MI_SEMAPHORE_WAIT that is never signalled")?;
             self.mem.pause(view, std::thread::yield_now);
             self.pace(view);

@@ -100,6 +100,8 @@ pub struct SimGpu {
     global: Arc<GlobalRegs>,
     /// Each engine's clock, readable while it runs.
     clocks: Vec<Option<Arc<std::sync::atomic::AtomicU64>>>,
+    /// Per engine: stop the running workload at its next command (`HostGpu::abort`).
+    aborts: Vec<std::sync::atomic::AtomicBool>,
     engines: Vec<Option<Mutex<EngineSlot>>>,
     mmio: mmio::Mmio,
 }
@@ -127,7 +129,8 @@ impl SimGpu {
             .collect();
         let mem = Arc::new(SimMemory::new(cfg.layout.total));
         let clocks = engines.iter().map(|e| e.as_ref().map(|s| s.lock().core.clock.clone())).collect();
-        let gpu = SimGpu { mem, global, clocks, cfg, engines, mmio: Default::default() };
+        let aborts = Engine::ALL.iter().map(|_| std::sync::atomic::AtomicBool::new(false)).collect();
+        let gpu = SimGpu { mem, global, clocks, aborts, cfg, engines, mmio: Default::default() };
         // Back each engine's per-process status page now: index stores may land there any time.
         for e in Engine::ALL.into_iter().filter(|&e| cfg.engines.has(e)) {
             let _ = gpu.mem.stage_ggtt(gpu.context_area(e), &[0; PAGE_SIZE as usize]);
@@ -297,9 +300,15 @@ impl HostGpu for SimGpu {
         })
         .map_err(|why| HostError::Placement { engine, why })?;
         let pphwsp = self.context_area(engine);
+        // An abort asked for before this run (of a run that ended meanwhile) is not for it.
+        let abort = self.aborts.get(engine.index());
+        if let Some(a) = abort {
+            a.store(false, std::sync::atomic::Ordering::Release);
+        }
         let mut exec = Exec::new(&self.mem, &mut slot.core, &self.cfg.cost);
         exec.pphwsp = pphwsp;
         exec.preempt = job.preempt;
+        exec.abort = abort;
         exec.real_time = self.cfg.real_time.then(std::time::Instant::now);
         if let Some(t) = job.timeout_ns {
             exec.timeout_ns = t;
@@ -318,12 +327,19 @@ impl HostGpu for SimGpu {
             Err(Stop::Hang(why)) => Err(HostError::Hang { engine, engine_ns: ns, at, why }),
             Err(Stop::Fault(why)) => Err(HostError::Fault { engine, at, why }),
             Err(Stop::Preempted) => Err(HostError::Fault { engine, at, why: "preempted outside a run".into() }),
+            Err(Stop::Aborted) => Err(HostError::Aborted { engine }),
         }
     }
 
     fn reset_engine(&self, engine: Engine) {
         if let Some(s) = self.slot(engine) {
             s.lock().core.reset();
+        }
+    }
+
+    fn abort(&self, engine: Engine) {
+        if let Some(a) = self.aborts.get(engine.index()) {
+            a.store(true, std::sync::atomic::Ordering::Release);
         }
     }
 

@@ -597,8 +597,9 @@ impl<'a> Exec<'a> {
     }
 
     /// Executes a context image's register-load lists from dword `first` (the context restore),
-    /// until MI_BATCH_BUFFER_END or the end of `image`. Loads take effect as they execute.
-    pub fn restore(&mut self, image: &[u32], first: usize) -> Result<(), Stop> {
+    /// until MI_BATCH_BUFFER_END (returns true) or the end of `image` (false). Loads take effect
+    /// as they execute.
+    pub fn restore(&mut self, image: &[u32], first: usize) -> Result<bool, Stop> {
         let mut i = first;
         self.privileged = true;
         while let Some(&dw0) = image.get(i) {
@@ -619,7 +620,7 @@ impl<'a> Exec<'a> {
                     }
                     self.charge(self.cost.mi_ns / 8 * (len as u64 / 2), "restoring the context")?;
                 }
-                Decoded::Command(desc) if desc.handler == Handler::BbEnd => return Ok(()),
+                Decoded::Command(desc) if desc.handler == Handler::BbEnd => return Ok(true),
                 Decoded::Command(desc) => {
                     let cmd = image.get(i..(i + len).min(image.len())).unwrap_or_default();
                     self.charge(self.cost.modelled_ns(desc.name, cmd), "restoring the context")?;
@@ -628,7 +629,7 @@ impl<'a> Exec<'a> {
             }
             i += len;
         }
-        Ok(())
+        Ok(false)
     }
 
     /// A register load by the command stream. A load of a page-directory pointer changes the

@@ -198,9 +198,15 @@ fn run_context(exec: &mut Exec<'_>, parts: (&mut [u32], &mut [u32]), legacy32: b
     exec.charge(exec.cost.context_restore_ns, "restoring the context")?;
     let state = ring_part.get(lrc::PAGE_DWORDS..).unwrap_or_default();
     exec.restore(state, 1)?;
-    if exec.core.read(base + CONTEXT_CONTROL) & lrc::CTX_RESTORE_INHIBIT == 0 {
-        exec.restore(engine_part, 0)?;
-    }
+    // The engine context of the register-state page, then the indirect-context batch (the engine
+    // runs it at INDIRECT_CTX_OFFSET of the restore, i915's inside that page), then the render
+    // engine's 3D state of pages 2..: what the context saved there wins over the workaround
+    // batch (i915's Gen9 one clears a bit of COMMON_SLICE_CHICKEN2, which IGT's
+    // gem_ctx_isolation sets from a user batch and reads back in the next one).
+    let restore_engine = exec.core.read(base + CONTEXT_CONTROL) & lrc::CTX_RESTORE_INHIBIT == 0;
+    let split = (lrc::PAGE_DWORDS - lrc::ENGINE_CONTEXT_DWORD).min(engine_part.len());
+    let (page1, pages2) = engine_part.split_at(split);
+    let ended = restore_engine && exec.restore(page1, 0)?;
     exec.ppgtt = Some(exec.core.root(legacy32));
     let ctx_ts = exec.core.read(base + reg::CTX_TIMESTAMP);
 
@@ -211,6 +217,9 @@ fn run_context(exec: &mut Exec<'_>, parts: (&mut [u32], &mut [u32]), legacy32: b
     let indirect = exec.core.read(base + reg::INDIRECT_CTX);
     if lrc::has_wa_fields(gen, engine) && indirect & 0x3f != 0 {
         exec.run_buffer(u64::from(indirect & !0x3f), u64::from(indirect & 0x3f) * 64)?;
+    }
+    if restore_engine && !ended {
+        exec.restore(pages2, 0)?;
     }
     let per_ctx = exec.core.read(base + reg::BB_PER_CTX_PTR);
     if lrc::has_wa_fields(gen, engine) && per_ctx & 1 != 0 {

@@ -462,6 +462,26 @@ fn register_loads_of_the_roots_and_ring_take_effect_when_executed() {
 }
 
 #[test]
+fn the_3d_state_is_restored_after_the_indirect_context_batch() {
+    // The engine runs the indirect-context batch inside the restore (at INDIRECT_CTX_OFFSET, in
+    // the register-state page), before the 3D state of pages 2..: a register the workaround batch
+    // writes and the context saved in its 3D state keeps the context's value (i915's Gen9 batch
+    // clears bit 12 of COMMON_SLICE_CHICKEN2; IGT's gem_ctx_isolation sets it from a user batch).
+    let mut r = rig(Engine::Rcs);
+    let mut wa = CmdBuf::new();
+    wa.lri(&[(0x7014, 0x1000_0000)]).bb_end();
+    r.put(WIN + 0x3000, &wa);
+    *r.ctx.image_dword_mut(1024 + idx::INDIRECT_CTX).unwrap() = (WIN + 0x3000) as u32 | 1;
+    for (i, v) in [lrc::lri_header(1), 0x7014, 0xffff_1000].into_iter().enumerate() {
+        *r.ctx.image_dword_mut(2048 + i).unwrap() = v;
+    }
+    let mut c = CmdBuf::new();
+    c.srm(0x7014, Ggtt, WIN + 0x900);
+    r.run(c.align_qword()).unwrap();
+    assert_eq!(r.ggtt32(WIN + 0x900) & 0x1000, 0x1000, "the context's saved value won");
+}
+
+#[test]
 fn a_register_poll_reads_the_register_not_memory() {
     // Gen9 MI_SEMAPHORE_WAIT in register poll mode compares a register: the address dwords name
     // it, and no memory is read (here they would name an unmapped global-GTT address).

@@ -78,6 +78,8 @@ visit() {
     order+=("$name")
 }
 visit i915
+# vgem: IGT tests that share buffers with another driver (gem_ringfill basic-all) need it.
+visit vgem
 
 # 4. The initramfs: busybox, the modules in order, init, gemtest.
 root="$out/root"

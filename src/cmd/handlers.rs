@@ -227,19 +227,21 @@ where
             Handler::Lri => self.lri(cmd, ctx),
             Handler::Lrm => {
                 need_len(cmd, cmd.len() == 4, "4")?;
-                if !self.user_registers(ctx, [(dw(cmd, 1) & REG_OFFSET_MASK, RegAccess::Write)]) {
+                let reg = dw(cmd, 1) & REG_OFFSET_MASK;
+                if !self.user_registers(ctx, [(reg, RegAccess::Write)]) {
                     return self.noop(cmd);
                 }
-                self.register(dw(cmd, 1) & REG_OFFSET_MASK, RegAccess::Write)?;
+                self.register(reg, RegAccess::Write)?;
                 self.access(self.mi_space(dw0 & MI_USE_GGTT != 0), "source", addr(cmd, 2, 2), 4)?;
                 Ok(Flow::Next)
             }
             Handler::Srm => {
                 need_len(cmd, cmd.len() == 4, "4")?;
-                if !self.user_registers(ctx, [(dw(cmd, 1) & REG_OFFSET_MASK, RegAccess::Read)]) {
+                let reg = dw(cmd, 1) & REG_OFFSET_MASK;
+                if !self.user_registers(ctx, [(reg, RegAccess::Read)]) {
                     return self.noop(cmd);
                 }
-                self.register(dw(cmd, 1) & REG_OFFSET_MASK, RegAccess::Read)?;
+                self.register(reg, RegAccess::Read)?;
                 self.access(self.mi_space(dw0 & MI_USE_GGTT != 0), "destination", addr(cmd, 2, 2), 4)?;
                 Ok(Flow::Next)
             }
@@ -249,8 +251,8 @@ where
                 if !self.user_registers(ctx, [(src, RegAccess::Read), (dst, RegAccess::Write)]) {
                     return self.noop(cmd);
                 }
-                self.register(dw(cmd, 1) & REG_OFFSET_MASK, RegAccess::Read)?;
-                self.register(dw(cmd, 2) & REG_OFFSET_MASK, RegAccess::Write)?;
+                self.register(src, RegAccess::Read)?;
+                self.register(dst, RegAccess::Write)?;
                 Ok(Flow::Next)
             }
             Handler::StoreDataImm => {

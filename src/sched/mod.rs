@@ -678,10 +678,7 @@ fn engine_loop(inner: &Inner, index: usize) {
         // Stopped by the guest's engine reset: nothing failed; the reset drops it.
         let aborted = matches!(result, Err(JobError::Host(HostError::Aborted { .. })));
         let failed = matches!(result, Err(JobError::Host(_))) && !aborted;
-        if aborted {
-            host.reset_engine(e.engine);
-        }
-        if failed {
+        if aborted || failed {
             host.reset_engine(e.engine);
         }
         let stats = inner.vgpus.read().get(&id).cloned();

@@ -8,7 +8,7 @@ use super::memory::{AddrSpace, GmTranslate};
 use super::regs::{self, RegAccess, RegPolicy, REG_OFFSET_MASK};
 use super::scan::{BufCtx, Flow, ScanObserver, Scanner};
 use super::table::{BlitKind, CmdDesc, Handler};
-use super::workload::{Events, Reloc, RootLoad};
+use super::workload::{Events, FetchPoint, Reloc, RootLoad};
 use crate::hw::{lrc, nonpriv, Gen};
 
 const MI_BATCH_BUFFER_START_PPGTT: u32 = 1 << 8;
@@ -374,6 +374,12 @@ where
             (l, _) if dw0 & MI_BATCH_BUFFER_START_PREDICATED != 0 => (l, Flow::Next),
             (l, _) => (l, Flow::End),
         };
+        // Fetched when the engine gets there: every batch the ring starts, and a chain back into a
+        // batch this scan copied (a loop), whose next pass must see memory as it is then.
+        if self.defer && (ctx.level() == 0 || (!second && self.copied(space, target, level))) {
+            self.out.fetches.push(FetchPoint { buffer: ctx.id, dword: ctx.dword, space, gma: target, level });
+            return Ok(flow);
+        }
         let target = self.batch(space, target, level)?;
         self.out.relocs.push(Reloc { buffer: ctx.id, dword: ctx.dword, target });
         Ok(flow)

@@ -24,10 +24,14 @@ pub use memory::{
     SplitTranslation, PAGE_SIZE,
 };
 pub(crate) use scan::fault_reason;
-pub use scan::{scan_context_image, scan_dwords, scan_ring, RingSpec, ScanLimits, ScanObserver, ScanParams, Verdict};
+pub use scan::{
+    scan_context_image, scan_dwords, scan_fetch, scan_fetching, scan_ring, RingSpec, ScanLimits, ScanObserver,
+    ScanParams, Verdict,
+};
 pub use table::{AddrField, AddrSel, CmdDesc, CommandTable, Decoded, Handler, Length};
 pub use workload::{
-    BufferId, DroppedAccess, Events, Reloc, RootLoad, ScanStats, ScannedWorkload, ShadowBuffer, MAX_DROPPED_KINDS,
+    BufferId, DroppedAccess, Events, FetchPoint, Reloc, RootLoad, ScanStats, ScannedWorkload, ShadowBuffer,
+    MAX_DROPPED_KINDS,
 };
 #[cfg(test)]
 mod scan_tests;

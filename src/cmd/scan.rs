@@ -14,7 +14,7 @@ use super::error::{BufferKind, Location, Reason, ScanError};
 use super::fastwalk;
 use super::memory::{copy_from_gm, AddrSpace, CopyFault, GmTranslate, GmWindows, PAGE_SIZE};
 use super::table::{CmdDesc, CommandTable, Decoded, ENTRY_FAST, ENTRY_GGTT_AUDIT};
-use super::workload::{BufferId, ScanStats, ScannedWorkload, ShadowBuffer};
+use super::workload::{BufferId, FetchPoint, ScanStats, ScannedWorkload, ShadowBuffer};
 use crate::hw::{Engine, Gen};
 
 /// The guest ring as its context describes it.
@@ -149,6 +149,58 @@ where
     s.walk_all()
 }
 
+/// Scans a guest ring as [`scan_ring`] does, but leaves the batches it starts to be fetched when
+/// the engine reaches them: each ring-level MI_BATCH_BUFFER_START is listed in
+/// [`ScannedWorkload::fetches`] instead of being followed. The backend stops the engine there and
+/// asks for the batch, which [`scan_fetch`] then copies and scans, so a batch holds what the
+/// guest's earlier work (on this engine or another, or its CPU) wrote into it before the engine
+/// got there, as on the hardware.
+pub fn scan_fetching<M, T, O>(
+    mem: &M,
+    xlate: &T,
+    params: &ScanParams,
+    observer: &mut O,
+) -> Result<ScannedWorkload, ScanError>
+where
+    M: GuestMemory + ?Sized,
+    T: GmTranslate + ?Sized,
+    O: ScanObserver + ?Sized,
+{
+    let mut s = Scanner::new(mem, xlate, params, observer, BufferKind::Ring);
+    s.defer = true;
+    s.copy_ring()?;
+    s.walk_all()
+}
+
+/// Copies and scans the batch `point` starts, with every batch it reaches (its second-level
+/// batches, the batches it chains to), at the moment the engine reaches the start. The batch is
+/// `batches[0]` of the result. A chained start back into a batch this fetch already copied (a
+/// loop, such as a spinner that jumps to itself until the CPU ends it) is a fetch point again, so
+/// each pass of a loop sees the memory as it is then. `point.buffer` and `point.dword` are not used.
+pub fn scan_fetch<M, T, O>(
+    mem: &M,
+    xlate: &T,
+    params: &ScanParams,
+    point: &FetchPoint,
+    observer: &mut O,
+) -> Result<ScannedWorkload, ScanError>
+where
+    M: GuestMemory + ?Sized,
+    T: GmTranslate + ?Sized,
+    O: ScanObserver + ?Sized,
+{
+    let mut s = Scanner::new(mem, xlate, params, observer, BufferKind::Ring);
+    s.defer = true;
+    let kind = BufferKind::Batch { level: point.level, space: point.space, gma: point.gma };
+    if !(1..=2).contains(&point.level) {
+        let at = Location { buffer: kind, offset: 0, command: None };
+        return Err(ScanError { at, reason: Reason::Nesting("a batch level other than 1 or 2") });
+    }
+    s.batch(point.space, point.gma, point.level)
+        .map_err(|reason| ScanError { at: Location { buffer: kind, offset: 0, command: None }, reason })?;
+    s.walk_all()
+}
+
 /// Scans `dwords`, a command stream the host assembled (an indirect-context workaround batch
 /// followed by a start of the per-context batch, say), as if it were the ring: every batch it
 /// starts is copied, scanned and relocated as for [`scan_ring`]. `params.ring` is not used.
@@ -237,6 +289,9 @@ pub(super) struct Scanner<'a, M: ?Sized, T: ?Sized, O: ?Sized> {
     seen: HashMap<(AddrSpace, u64, u8), usize>,
     queue: Vec<BufferId>,
     history: fastwalk::History,
+    /// Batch starts from the ring, and chained starts back into a copied batch, become fetch
+    /// points instead of being followed.
+    pub defer: bool,
 }
 
 impl<'a, M, T, O> Scanner<'a, M, T, O>
@@ -256,6 +311,7 @@ where
             seen: HashMap::new(),
             queue: Vec::new(),
             history: fastwalk::History::new(),
+            defer: false,
         }
     }
 
@@ -318,6 +374,11 @@ where
         }
         self.out.ring.dwords = dwords;
         Ok(())
+    }
+
+    /// Whether this scan already copied the batch at (`space`, `gma`, `level`).
+    pub(super) fn copied(&self, space: AddrSpace, gma: u64, level: u8) -> bool {
+        self.seen.contains_key(&(space, gma, level))
     }
 
     /// Returns the batch id for a batch start, queuing a new shadow buffer on first sight.

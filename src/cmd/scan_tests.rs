@@ -352,6 +352,51 @@ fn batches_chains_and_second_level() {
 }
 
 #[test]
+fn fetching_leaves_ring_batches_to_the_engine_and_turns_loops_into_fetch_points() {
+    let l2 = 0x10_c000;
+    let chained = 0x10_a000;
+    // B1 calls L2 twice (one copy), chains to B2; B2 loops back to B1.
+    let mut b1 = CmdBuf::new();
+    b1.bb_start(Ggtt, l2, true).bb_start(Ggtt, l2, true).bb_start(Ggtt, chained, false);
+    let mut b2 = CmdBuf::new();
+    b2.raw(&[0x0280_0000]).bb_start(Ggtt, BATCH, false);
+    let mut lvl2 = CmdBuf::new();
+    lvl2.store_dword(Ggtt, TARGET, 2).user_interrupt().bb_end();
+    let c = case().with(Ggtt, BATCH, &b1).with(Ggtt, chained, &b2).with(Ggtt, l2, &lvl2);
+    let mut r = ring();
+    r.bb_start(Ggtt, BATCH, false).store_dword(Ggtt, TARGET, 3).bb_start(Ppgtt, 0x5000, false).align_qword();
+    let mut b = GmImage::builder();
+    b.place_dwords(Ggtt, RING, &r.dwords);
+    for (s, g, d) in &c.extra {
+        b.place_dwords(*s, *g, d);
+    }
+    let img = b.build().unwrap();
+    let p = params(RingSpec { start: RING, size: 0x8000, head: 0, tail: r.len_bytes() as u32 });
+    // The ring: no batch copied, both starts fetch points (the PPGTT one need not be mapped yet).
+    let w = scan_fetching(&img.mem, &img.xlate, &p, &mut ()).unwrap();
+    assert!(w.batches.is_empty() && w.relocs.is_empty());
+    let first = FetchPoint { buffer: 0, dword: 0, space: Ggtt, gma: BATCH, level: 1 };
+    assert_eq!(w.fetches, [first, FetchPoint { buffer: 0, dword: 7, space: Ppgtt, gma: 0x5000, level: 1 }]);
+    // Fetching B1: B1, L2 (once) and B2 copied; B2's jump back into B1 is a fetch point again.
+    let t = scan_fetch(&img.mem, &img.xlate, &p, &first, &mut ()).unwrap();
+    let kinds: Vec<_> = t.batches.iter().map(|b| b.kind).collect();
+    assert_eq!(kinds[0], BufferKind::Batch { level: 1, space: Ggtt, gma: BATCH });
+    assert_eq!(kinds.len(), 3, "{kinds:?}");
+    assert_eq!(t.relocs.len(), 3, "two calls of L2, one chain");
+    let b2_id = 1 + kinds.iter().position(|k| *k == BufferKind::Batch { level: 1, space: Ggtt, gma: chained }).unwrap();
+    assert_eq!(t.fetches, [FetchPoint { buffer: b2_id, dword: 1, space: Ggtt, gma: BATCH, level: 1 }]);
+    assert!(t.events.contains(Events::USER_INTERRUPT));
+    // An eager scan copies the same tree with the loop inside the copy (a fourth relocation).
+    let e = c.scan(ring().bb_start(Ggtt, BATCH, false)).unwrap();
+    assert_eq!((e.batches.len(), e.relocs.len(), e.fetches.len()), (3, 5, 0));
+    // A fetch of something unmapped, or of a bad level, is refused with where and why.
+    let bad = FetchPoint { gma: 0x5000, space: Ppgtt, ..first };
+    assert!(matches!(scan_fetch(&img.mem, &img.xlate, &p, &bad, &mut ()).unwrap_err().reason, Reason::Unmapped { .. }));
+    let bad = FetchPoint { level: 3, ..first };
+    assert!(matches!(scan_fetch(&img.mem, &img.xlate, &p, &bad, &mut ()).unwrap_err().reason, Reason::Nesting(_)));
+}
+
+#[test]
 fn nesting_rules() {
     let mut to_l2 = CmdBuf::new();
     to_l2.bb_start(Ggtt, 0x10_c000, true).bb_end();

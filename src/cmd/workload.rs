@@ -52,6 +52,22 @@ pub struct Reloc {
     pub target: usize,
 }
 
+/// A batch start the engine resolves when it reaches it (see [`scan_fetching`](super::scan_fetching)):
+/// the batch is copied and scanned then, not when the stream holding the start was scanned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FetchPoint {
+    /// Buffer holding the MI_BATCH_BUFFER_START.
+    pub buffer: BufferId,
+    /// Dword index of the MI_BATCH_BUFFER_START in that buffer.
+    pub dword: usize,
+    /// Address space of the batch it starts.
+    pub space: super::AddrSpace,
+    /// Its guest graphics address.
+    pub gma: u64,
+    /// Its nesting level (1 or 2).
+    pub level: u8,
+}
+
 /// An MI_LOAD_REGISTER_IMM of a page-table root (PDPn / PML4) found in the stream: its value must
 /// be replaced by the shadow page table's address before the workload runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -109,6 +125,9 @@ pub struct ScannedWorkload {
     pub batches: Vec<ShadowBuffer>,
     /// Batch starts to point at the shadow batches.
     pub relocs: Vec<Reloc>,
+    /// Batch starts resolved when the engine reaches them (a [`scan_fetching`](super::scan_fetching)
+    /// scan): ring-level starts, and chained starts back into a batch already copied (loops).
+    pub fetches: Vec<FetchPoint>,
     /// Page-table root loads to patch.
     pub root_loads: Vec<RootLoad>,
     /// Interrupts to raise at completion.
@@ -132,6 +151,7 @@ impl ScannedWorkload {
             ring: ShadowBuffer { kind, dwords: Vec::new() },
             batches: Vec::new(),
             relocs: Vec::new(),
+            fetches: Vec::new(),
             root_loads: Vec::new(),
             events: Events::empty(),
             dropped: Vec::new(),
@@ -187,21 +207,71 @@ impl ScannedWorkload {
                 continue;
             };
             if let Some(buf) = self.buffer_mut(r.buffer) {
-                if let Some(dw0) = buf.dwords.get_mut(r.dword) {
-                    *dw0 &= !MI_BATCH_BUFFER_START_PPGTT;
-                }
-                if let Some(lo) = buf.dwords.get_mut(r.dword + 1) {
-                    *lo = (addr as u32) & !3;
-                }
-                if let Some(hi) = buf.dwords.get_mut(r.dword + 2) {
-                    *hi = (addr >> 32) as u32;
-                }
+                set_start(buf, r.dword, addr);
             }
         }
+    }
+
+    /// Points every fetch point's batch start at `trap(i)` (a GGTT address where the backend
+    /// resolves fetch point `i`), as [`relocate`](Self::relocate) does for the shadow batches.
+    pub fn relocate_fetches(&mut self, mut trap: impl FnMut(usize) -> u64) {
+        for (i, f) in self.fetches.clone().into_iter().enumerate() {
+            let addr = trap(i);
+            if let Some(buf) = self.buffer_mut(f.buffer) {
+                set_start(buf, f.dword, addr);
+            }
+        }
+    }
+
+    /// Resolves every fetch point now instead of when the engine reaches it (a backend that
+    /// cannot stop its engine at a fetch point): `trees[i]` is what [`scan_fetch`](super::scan_fetch)
+    /// made of fetch point `i`. Its batches are appended and the start relocated to the first;
+    /// a loop in a tree (its own fetch points) runs in that tree's copy. False if `trees` does not
+    /// match the fetch points (nothing is changed then).
+    pub fn absorb_fetches(&mut self, trees: Vec<ScannedWorkload>) -> bool {
+        if trees.len() != self.fetches.len() || trees.iter().any(|t| t.batches.is_empty()) {
+            return false;
+        }
+        let fetches = std::mem::take(&mut self.fetches);
+        for (f, tree) in fetches.into_iter().zip(trees) {
+            let offset = self.batches.len();
+            // Tree buffer 0 is its empty ring; tree buffer b is batch b - 1, here batch offset + b - 1.
+            let id = |b: BufferId| b.checked_add(offset);
+            self.relocs.push(Reloc { buffer: f.buffer, dword: f.dword, target: offset });
+            for r in &tree.relocs {
+                if let Some(buffer) = id(r.buffer).filter(|_| r.buffer > 0) {
+                    self.relocs.push(Reloc { buffer, dword: r.dword, target: r.target + offset });
+                }
+            }
+            for l in &tree.fetches {
+                let kind = BufferKind::Batch { level: l.level, space: l.space, gma: l.gma };
+                let copy = tree.batches.iter().position(|b| b.kind == kind);
+                if let (Some(buffer), Some(j)) = (id(l.buffer).filter(|_| l.buffer > 0), copy) {
+                    self.relocs.push(Reloc { buffer, dword: l.dword, target: j + offset });
+                }
+            }
+            self.events |= tree.events;
+            self.stats.bytes_copied = self.stats.bytes_copied.saturating_add(tree.stats.bytes_copied);
+            self.batches.extend(tree.batches);
+        }
+        true
     }
 
     /// Total bytes of shadow commands.
     pub fn total_bytes(&self) -> u64 {
         self.ring.len_bytes() + self.batches.iter().map(ShadowBuffer::len_bytes).sum::<u64>()
+    }
+}
+
+/// Points the MI_BATCH_BUFFER_START at dword `at` of `buf` at GGTT address `addr`.
+fn set_start(buf: &mut ShadowBuffer, at: usize, addr: u64) {
+    if let Some(dw0) = buf.dwords.get_mut(at) {
+        *dw0 &= !MI_BATCH_BUFFER_START_PPGTT;
+    }
+    if let Some(lo) = buf.dwords.get_mut(at + 1) {
+        *lo = (addr as u32) & !3;
+    }
+    if let Some(hi) = buf.dwords.get_mut(at + 2) {
+        *hi = (addr >> 32) as u32;
     }
 }

@@ -5,7 +5,7 @@
 
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
-use super::{create_workload, reg, VirtualExeclist, WorkloadParams, CSB_ENTRIES, CSB_WP_RESET};
+use super::{create_workload, fetch_batch, reg, VirtualExeclist, WorkloadParams, CSB_ENTRIES, CSB_WP_RESET};
 use crate::cmd::{AddrSpace, GmRange, GmWindows, LinearTranslation, ScanLimits};
 use crate::context::{context_size, image::idx};
 use crate::hw::{Engine, Gen};
@@ -60,6 +60,21 @@ pub fn elsp_bytes(data: &[u8]) -> Result<bool, String> {
                         if let Ok(w) = create_workload(&mem, &ggtt, &mut ppgtt, &mut host, *desc, &params) {
                             created = true;
                             pinned.push(w.root);
+                            // The engine reaches each batch start: fetch it, and the loops it has.
+                            let mut points: Vec<_> = w.ring.fetches.iter().take(8).copied().collect();
+                            while let Some(point) = points.pop() {
+                                let (root, shadow) = (w.root, w.shadow_root);
+                                if let Ok(tree) =
+                                    fetch_batch(&mem, &ggtt, &ppgtt, root, shadow, &w.guest, &params, &point)
+                                {
+                                    if tree.batches.is_empty() {
+                                        return Err("a fetch that copied no batch".into());
+                                    }
+                                    if points.len() < 16 {
+                                        points.extend(tree.fetches.iter().take(2).copied());
+                                    }
+                                }
+                            }
                         }
                     }
                     let _ = el.schedule_in(&sub);

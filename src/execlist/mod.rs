@@ -15,7 +15,7 @@ pub mod fuzzing;
 pub mod workload;
 
 pub use descriptor::{AddressingMode, ContextDescriptor, DescriptorError};
-pub use workload::{create_workload, Workload, WorkloadError, WorkloadParams};
+pub use workload::{create_workload, fetch_batch, Workload, WorkloadError, WorkloadParams};
 
 use vm_memory::{Bytes, GuestMemory};
 

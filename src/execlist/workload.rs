@@ -3,8 +3,10 @@
 //!
 //! The guest context's ring registers are read through the vGPU's GGTT and validated (ring inside
 //! the vGPU's windows, head and tail inside the ring, head wrap count kept); its PPGTT root is
-//! shadowed and pinned; the ring and every batch it reaches are copied and scanned, with PPGTT
-//! batches read through the shadow's validated view of the guest tables. On the render engine the
+//! shadowed and pinned; the ring is copied and scanned, and the batches it starts are left as
+//! fetch points: [`fetch_batch`] copies and scans each (with what it reaches, PPGTT batches read
+//! through the shadow's validated view of the guest tables) when the engine reaches it. On the
+//! render engine the
 //! indirect-context workaround batch and the per-context batch are shadowed and scanned too (one
 //! stream: the indirect context followed by a start of the per-context batch, as GVT-g does).
 
@@ -13,8 +15,8 @@ use vm_memory::GuestMemory;
 use super::descriptor::{AddressingMode, ContextDescriptor, DescriptorError};
 use crate::cmd::fault_reason;
 use crate::cmd::{
-    copy_from_gm, scan_dwords, scan_ring, AddrSpace, GmTranslate, GmWindows, ScanError, ScanLimits, ScanParams,
-    ScannedWorkload, SplitTranslation,
+    copy_from_gm, scan_dwords, scan_fetch, scan_fetching, AddrSpace, FetchPoint, GmTranslate, GmWindows, ScanError,
+    ScanLimits, ScanParams, ScannedWorkload, SplitTranslation,
 };
 use crate::context::{read_guest_context, ContextError, GuestContext};
 use crate::hw::{Engine, Gen};
@@ -77,7 +79,7 @@ pub enum WorkloadError {
     /// A page-table root load (MI_LOAD_REGISTER_IMM of PDPn) that cannot be pointed at the shadow.
     #[error("{stream} dword {dword:#x}: page-table root load: {why}")]
     RootLoad {
-        /// "ring" or "workaround batch".
+        /// "ring", "batch" or "workaround batch".
         stream: &'static str,
         /// Dword index of the LRI in its buffer (buffer 0 is the ring).
         dword: usize,
@@ -195,6 +197,40 @@ fn patch_root_loads(
     Ok(())
 }
 
+/// Copies and scans the batch fetch point `point` of a workload starts (see
+/// [`crate::cmd::scan_fetch`]), as the guest's memory and page tables are now, when the engine
+/// reaches the start, with its page-table root loads pointed at the shadow. `root` and `shadow`
+/// are the workload's, `guest` its context.
+#[allow(clippy::too_many_arguments)]
+pub fn fetch_batch<M, G>(
+    mem: &M,
+    ggtt: &G,
+    ppgtt: &ShadowPpgtt,
+    root: PpgttRoot,
+    shadow: ShadowRoot,
+    guest: &GuestContext,
+    p: &WorkloadParams,
+    point: &FetchPoint,
+) -> Result<ScannedWorkload, WorkloadError>
+where
+    M: GuestMemory + ?Sized,
+    G: GmTranslate,
+{
+    let xlate = SplitTranslation { ggtt, ppgtt: ppgtt.translator(root) };
+    let params = ScanParams {
+        gen: p.gen,
+        engine: p.engine,
+        windows: p.windows,
+        ring: guest.ring.ring,
+        surfaces: AddrSpace::Ppgtt,
+        hwsp: Some(guest.lrca),
+        limits: p.limits,
+    };
+    let mut tree = scan_fetch(mem, &xlate, &params, point, &mut ()).map_err(WorkloadError::Ring)?;
+    patch_root_loads(&mut tree, "batch", p.engine, root, shadow)?;
+    Ok(tree)
+}
+
 fn scan_all<M, G>(
     mem: &M,
     ggtt: &G,
@@ -217,7 +253,7 @@ where
         hwsp: Some(guest.lrca), // the per-process status page is page 0 of the image
         limits: p.limits,
     };
-    let ring = scan_ring(mem, &xlate, &params, &mut ()).map_err(WorkloadError::Ring)?;
+    let ring = scan_fetching(mem, &xlate, &params, &mut ()).map_err(WorkloadError::Ring)?;
     let wa = if p.engine == Engine::Rcs && (guest.indirect_ctx.is_some() || guest.bb_per_ctx.is_some()) {
         let mut dwords = Vec::new();
         if let Some((addr, size)) = guest.indirect_ctx {
@@ -302,6 +338,15 @@ mod tests {
         }
     }
 
+    fn fetch(
+        g: &Guest,
+        w: &Workload,
+        p: &WorkloadParams,
+        point: &FetchPoint,
+    ) -> Result<ScannedWorkload, WorkloadError> {
+        fetch_batch(&g.mem, &g.ggtt, &g.ppgtt, w.root, w.shadow_root, &w.guest, p, point)
+    }
+
     fn desc() -> ContextDescriptor {
         ContextDescriptor(LRCA | (3 << 3) | (1 << 8) | 1)
     }
@@ -312,8 +357,15 @@ mod tests {
         let w = create_workload(&g.mem, &g.ggtt, &mut g.ppgtt, &mut g.host, desc(), &params(Engine::Bcs)).unwrap();
         assert_eq!(w.root, PpgttRoot::L4(PML4));
         assert_eq!(w.guest.ring.ring.tail, 0x18);
-        assert_eq!(w.ring.batches.len(), 1);
-        assert_eq!(&w.ring.batches[0].dwords[..4], &[0x1000_0002, 0x1000, 0, 42]);
+        // The batch is fetched when the engine reaches its start, not with the ring.
+        assert!(w.ring.batches.is_empty());
+        let point = FetchPoint { buffer: 0, dword: 0, space: AddrSpace::Ppgtt, gma: BATCH_PPGTT, level: 1 };
+        assert_eq!(w.ring.fetches, [point]);
+        // The guest changes it before then: the fetch copies what is there at that moment.
+        w32(&g.mem, BATCH_GPA + 12, &[43]);
+        let tree = fetch(&g, &w, &params(Engine::Bcs), &point).unwrap();
+        assert_eq!(tree.batches.len(), 1);
+        assert_eq!(&tree.batches[0].dwords[..4], &[0x1000_0002, 0x1000, 0, 43]);
         assert!(w.ring.events.contains(crate::cmd::Events::USER_INTERRUPT));
         assert!(w.wa.is_none());
         assert_eq!(g.host.walk(w.shadow_root, BATCH_PPGTT + 4), Some(HostTables::host_of(BATCH_GPA + 4)));
@@ -382,17 +434,20 @@ mod tests {
         ring_with(&g, vec![]);
         w32(&g.mem, BATCH_GPA, &[0x1100_0003, 0x22274, 0, 0x22270, 0x3f_0000, 0x0500_0000]);
         let w = create_workload(&g.mem, &g.ggtt, &mut g.ppgtt, &mut g.host, desc(), &params(Engine::Bcs)).unwrap();
-        assert_eq!(&w.ring.batches[0].dwords[..6], &[0, 0, 0, 0, 0, 0x0500_0000]);
+        let tree = fetch(&g, &w, &params(Engine::Bcs), &w.ring.fetches[0]).unwrap();
+        assert_eq!(&tree.batches[0].dwords[..6], &[0, 0, 0, 0, 0, 0x0500_0000]);
         g.ppgtt.unpin(&mut g.host, w.root).unwrap();
     }
 
     #[test]
     fn hostile_contexts_fail_cleanly() {
         let mut g = guest();
-        // The batch moves to an unmapped PPGTT address.
+        // The batch moves to an unmapped PPGTT address: refused when the engine reaches it.
         w32(&g.mem, 4, &[0x50_0000]);
-        let e = create_workload(&g.mem, &g.ggtt, &mut g.ppgtt, &mut g.host, desc(), &params(Engine::Bcs)).unwrap_err();
+        let w = create_workload(&g.mem, &g.ggtt, &mut g.ppgtt, &mut g.host, desc(), &params(Engine::Bcs)).unwrap();
+        let e = fetch(&g, &w, &params(Engine::Bcs), &w.ring.fetches[0]).unwrap_err();
         assert!(matches!(&e, WorkloadError::Ring(s) if matches!(s.reason, Reason::Unmapped { .. })), "{e}");
+        g.ppgtt.unpin(&mut g.host, w.root).unwrap();
         // A root outside guest memory.
         let state = LRCA - AP.base + PAGE_SIZE;
         w32(&g.mem, state + 4 * (idx::PDP3_UDW + 14) as u64, &[0x4000_0000]);

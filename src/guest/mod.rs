@@ -36,7 +36,9 @@ pub const PPGTT_VA: u64 = 0x1_0000_0000;
 /// Bytes of PPGTT space [`Driver::probe`] maps (one page table).
 pub const PPGTT_SIZE: u64 = 2 << 20;
 /// PPGTT bytes per engine for batches.
-const BATCH_AREA: u64 = 64 << 10;
+const BATCH_AREA: u64 = 192 << 10;
+/// How long [`Driver::submit`] waits for the engine to be done with the batch area it reuses.
+const REUSE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How the driver reaches the device: region reads and writes (VFIO region indexes).
 pub trait Bus {
@@ -492,8 +494,13 @@ impl<B: Bus, M: GuestAddressSpace> Driver<B, M> {
             return Err(GuestError::NoSpace("batch area"));
         }
         if o.batch_next + len > BATCH_AREA {
+            // The engine reads a batch when it gets to it, so the area is reused only once every
+            // batch in it has run, as a real driver waits for a buffer to be idle.
             o.batch_next = 0;
+            let last = o.seqno;
+            self.wait(engine, last, REUSE_TIMEOUT)?;
         }
+        let o = self.engines.get_mut(i).ok_or(GuestError::NoSpace("engine"))?;
         let va = o.batch_va + o.batch_next;
         o.batch_next += len;
         let gpa = self.ppgtt_gpa(va).ok_or(GuestError::NoSpace("PPGTT"))?;

@@ -57,6 +57,9 @@ pub struct HostJob<'a> {
     pub preempt: Option<&'a dyn Fn(u64) -> bool>,
     /// Engine time after which the run is a hang (`None`: the backend's own limit).
     pub timeout_ns: Option<u64>,
+    /// Copies and scans the batches `ring.fetches` start when the engine reaches them (required
+    /// when there are any); see [`placement`].
+    pub fetcher: Option<placement::Fetcher<'a>>,
 }
 
 impl std::fmt::Debug for HostJob<'_> {
@@ -66,6 +69,7 @@ impl std::fmt::Debug for HostJob<'_> {
             .field("legacy32", &self.legacy32)
             .field("preemptible", &self.preempt.is_some())
             .field("timeout_ns", &self.timeout_ns)
+            .field("fetches", &self.ring.fetches.len())
             .finish()
     }
 }
@@ -78,7 +82,7 @@ impl<'a> HostJob<'a> {
         context: &'a mut ShadowContext,
         legacy32: bool,
     ) -> Self {
-        HostJob { ring, wa, context, legacy32, preempt: None, timeout_ns: None }
+        HostJob { ring, wa, context, legacy32, preempt: None, timeout_ns: None, fetcher: None }
     }
 }
 
@@ -97,6 +101,8 @@ pub struct RunReport {
     pub skipped_blits: u32,
     /// The run stopped at a preemption point before completing (see [`HostJob::preempt`]).
     pub preempted: bool,
+    /// Batches fetched when the engine reached them (see [`placement`]).
+    pub fetches: u32,
     /// Commands a non-privileged batch may not execute (privileged commands, loads of registers
     /// it may not write, global-GTT stores), turned into MI_NOOP by the engine as the hardware
     /// turns them.
@@ -127,6 +133,15 @@ pub enum HostError {
         /// GGTT address of the command.
         at: u64,
         /// Why.
+        why: String,
+    },
+    /// A batch the engine reached was refused when it was fetched (copied and scanned): the
+    /// engine stopped there, as a hardware engine hangs on a bad command.
+    #[error("{engine}: batch refused when the engine reached it: {why}")]
+    Refused {
+        /// Engine.
+        engine: Engine,
+        /// Where and why.
         why: String,
     },
     /// The run was stopped by [`HostGpu::abort`] (the guest reset the engine).

@@ -208,6 +208,8 @@ impl<B: Bar0 + 'static, D: DmaSpace + 'static> HostGpu for VfioGpu<B, D> {
         }
         let mut st = self.state.get(engine.index()).ok_or(HostError::NoEngine(engine))?.lock();
         let place_err = |why| HostError::Placement { engine, why };
+        // No trap sequences yet: every batch is fetched at dispatch, before the engine starts.
+        placement::fetch_now(&mut job).map_err(|why| HostError::Refused { engine, why })?;
         placement::place(self.shadow_base, engine, &mut job, &mut |gma, dw| self.stage(&mut st, gma, dw.as_bytes()))
             .map_err(place_err)?;
         // The context image goes to the engine's context area; the engine loads it from there.
@@ -505,8 +507,9 @@ impl DmaSpace for VfioDma {
 mod tests {
     use super::*;
     use crate::cmd::emit::CmdBuf;
-    use crate::cmd::AddrSpace;
+    use crate::cmd::{AddrSpace, BufferKind, FetchPoint, ScannedWorkload, ShadowBuffer};
     use crate::context::ShadowContext;
+    use crate::host::placement::{FetchedBatches, Fetcher};
     use crate::host::sim::memory::SimMemory;
     use crate::host::sim::testing::ring_workload;
     use crate::host::sim::{SimConfig, SimGpu};
@@ -588,6 +591,27 @@ mod tests {
         again.store_dword(AddrSpace::Ggtt, WIN + 0x48, 7);
         run(&gpu, Engine::Bcs, &again).unwrap();
         assert_eq!(guest.read_obj::<u32>(GuestAddress(0x48)).unwrap(), 7);
+        // A batch the ring starts is fetched at dispatch on this backend (no trap sequences yet),
+        // after the job is handed over, as it is when the fetch runs.
+        let mut start = CmdBuf::new();
+        start.bb_start(AddrSpace::Ggtt, WIN + 0x1000, false);
+        let mut ctx = ShadowContext::with_blank_clean(Gen::Gen9, Engine::Bcs);
+        let mut w = ring_workload(&mut ctx, &gpu.layout(Engine::Bcs), &start);
+        w.fetches.push(FetchPoint { buffer: 0, dword: 0, space: AddrSpace::Ggtt, gma: WIN + 0x1000, level: 1 });
+        let mut fetch = |p: &FetchPoint| {
+            let mut b = CmdBuf::new();
+            b.store_dword(AddrSpace::Ggtt, WIN + 0x4c, 0x5e7c).bb_end();
+            let mut t = ScannedWorkload::host_ring(Vec::new());
+            let kind = BufferKind::Batch { level: p.level, space: p.space, gma: p.gma };
+            t.batches.push(ShadowBuffer { kind, dwords: b.dwords });
+            Ok(t)
+        };
+        let mut live = FetchedBatches::default();
+        let mut job = HostJob::new(&mut w, None, &mut ctx, false);
+        job.fetcher = Some(Fetcher { fetch: &mut fetch, live: &mut live });
+        gpu.run(Engine::Bcs, job).unwrap();
+        assert_eq!(guest.read_obj::<u32>(GuestAddress(0x4c)).unwrap(), 0x5e7c);
+        assert_eq!(live.fetches, 1);
         // Registers go straight to BAR0.
         gpu.write_reg(Engine::Bcs, 0xcc00, 0x33);
         assert_eq!(gpu.read_reg(Engine::Bcs, 0xcc00), 0x33);

@@ -692,6 +692,8 @@ fn engine_loop(inner: &Inner, index: usize) {
                 Ok(_) if preempted => s.preemptions += 1,
                 Ok(_) => s.completed += 1,
                 Err(_) if aborted => s.cancelled += 1,
+                // Counted as a refusal where it was refused (the job's fetch).
+                Err(e @ JobError::Host(HostError::Refused { .. })) => s.last_failure = Some(e.to_string()),
                 Err(e) => {
                     s.failed += 1;
                     s.last_failure = Some(e.to_string());

@@ -28,11 +28,12 @@ use std::sync::Arc;
 use parking_lot::{Mutex, RwLock};
 use vm_memory::{GuestAddress, GuestAddressSpace};
 
-use crate::cmd::{AddrSpace, Events, GmWindows, ScanLimits, ScanParams};
+use crate::cmd::{AddrSpace, Events, FetchPoint, GmWindows, ScanLimits, ScanParams, ScannedWorkload};
 use crate::context::{ShadowContext, ShadowPlan};
 use crate::execlist::{
-    create_workload, CsbStatus, ExeclistError, VirtualExeclist, Workload, WorkloadError, WorkloadParams,
+    create_workload, fetch_batch, CsbStatus, ExeclistError, VirtualExeclist, Workload, WorkloadError, WorkloadParams,
 };
+use crate::host::placement::{FetchedBatches, Fetcher};
 use crate::host::{HostGpu, HostJob, RunReport, VgpuMemory};
 use crate::hw::{Engine, EngineMask, Gen};
 use crate::mm::ppgtt::{PpgttLimits, Revalidate};
@@ -317,8 +318,14 @@ where
             s.publish(&mut es, engine, switch.interrupt, Events::empty());
         }
         for (w, superseded) in works.into_iter().zip(flags) {
-            let job =
-                Box::new(VgpuJob { shared: self.shared.clone(), engine, work: Some(w), superseded, started: false });
+            let job = Box::new(VgpuJob {
+                shared: self.shared.clone(),
+                engine,
+                work: Some(w),
+                superseded,
+                started: false,
+                fetched: FetchedBatches::default(),
+            });
             s.sched.submit(s.cfg.id, engine, job)?;
         }
         Ok(())
@@ -491,6 +498,8 @@ struct VgpuJob<A> {
     superseded: Arc<AtomicBool>,
     /// The shadow context was built: a later run resumes a preempted one.
     started: bool,
+    /// The batches fetched so far and still placed (a preempted run resumes in them).
+    fetched: FetchedBatches,
 }
 
 impl<A> Job for VgpuJob<A>
@@ -533,9 +542,35 @@ where
         }
         // A preempted run left the engine's own save in the shadow: running it again resumes.
         let legacy32 = matches!(w.root, crate::mm::PpgttRoot::L3(_));
-        let mut job = HostJob::new(&mut w.ring, w.wa.as_mut(), &mut shadow, legacy32);
+        let Workload { guest, root, shadow_root, ring, wa, .. } = w;
+        let (root, shadow_root) = (*root, *shadow_root);
+        let p =
+            WorkloadParams { gen: s.cfg.gen, engine, windows: s.cfg.windows, limits: s.cfg.limits, resume_head: None };
+        // Each batch the ring starts is copied and scanned when the engine reaches it. The
+        // tables are taken as a submission takes them (tables, then the GGTT); only this vGPU's
+        // own table updates can hold them, each bounded.
+        let mut fetch = |point: &FetchPoint| -> Result<ScannedWorkload, String> {
+            let fetched = {
+                let t = s.tables.lock();
+                let ggtt = s.ggtt.read_recursive();
+                fetch_batch(&*s.mem.memory(), &*ggtt, &t.ppgtt, root, shadow_root, guest, &p, point)
+            };
+            match fetched {
+                Ok(tree) => {
+                    s.sched.record_scanned(s.cfg.id, tree.stats.bytes_copied);
+                    s.sched.record_dropped(s.cfg.id, &tree);
+                    Ok(tree)
+                }
+                Err(why) => {
+                    s.sched.record_rejection(s.cfg.id, reason_class(&why));
+                    Err(why.to_string())
+                }
+            }
+        };
+        let mut job = HostJob::new(ring, wa.as_mut(), &mut shadow, legacy32);
         job.preempt = Some(run.preempt);
         job.timeout_ns = run.timeout_ns;
+        job.fetcher = Some(Fetcher { fetch: &mut fetch, live: &mut self.fetched });
         let report = host.run(engine, job)?;
         if !report.preempted {
             let ggtt = s.ggtt.read_recursive();
@@ -548,14 +583,15 @@ where
         let s = &self.shared;
         let Some(w) = self.work.take() else { return };
         s.unpins.lock().push(w.root);
+        let events = w.ring.events | self.fetched.events;
         let Some(slot) = s.engines.get(self.engine.index()).and_then(Option::as_ref) else { return };
         let mut es = slot.side.lock();
         match result {
             // A lite restore replaced this submission: the context keeps running; its user
             // interrupts still fire.
-            Ok(_) if self.superseded.load(Ordering::Acquire) => s.publish(&mut es, self.engine, false, w.ring.events),
+            Ok(_) if self.superseded.load(Ordering::Acquire) => s.publish(&mut es, self.engine, false, events),
             Ok(_) => match es.execlist.schedule_out() {
-                Ok(switch) => s.publish(&mut es, self.engine, switch.interrupt, w.ring.events),
+                Ok(switch) => s.publish(&mut es, self.engine, switch.interrupt, events),
                 Err(_) => es.hung = true,
             },
             // Cancelled by a reset: nothing to tell the guest. Failed: the engine stays busy.

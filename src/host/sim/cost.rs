@@ -28,6 +28,9 @@ pub struct CostModel {
     pub context_restore_ns: u64,
     /// One poll of an unsatisfied MI_SEMAPHORE_WAIT.
     pub semaphore_poll_ns: u64,
+    /// A batch fetched when the engine reaches it (fixed part; its bytes add `byte_ps` each): the
+    /// engine waits while the host copies and scans it, as it would in a hardware trap.
+    pub fetch_ns: u64,
     /// A workload running longer than this is declared hung and stopped.
     pub hang_timeout_ns: u64,
 }
@@ -46,6 +49,7 @@ impl Default for CostModel {
             video_object_ns: 20_000,
             context_restore_ns: 2_000,
             semaphore_poll_ns: 1_000,
+            fetch_ns: 1_000,
             hang_timeout_ns: 50_000_000,
         }
     }

@@ -72,6 +72,8 @@ pub(super) enum Stop {
     Preempted,
     /// Stopped by an engine reset the host asked for ([`HostGpu::abort`](crate::host::HostGpu)).
     Aborted,
+    /// A batch fetched when the engine reached it was refused.
+    Refused(String),
 }
 
 impl From<MemFault> for Stop {
@@ -279,6 +281,10 @@ pub(super) struct Exec<'a> {
     pub abort: Option<&'a std::sync::atomic::AtomicBool>,
     /// Engine time after which the run is a hang.
     pub timeout_ns: u64,
+    /// Resolves a GGTT batch start: a start into the trap window is a fetch point, and this
+    /// returns where the fetched batch was placed and how many bytes were copied (`None` for
+    /// any other start).
+    pub fetch: Option<&'a mut FetchHook<'a>>,
     /// MI_ARB_ON_OFF: preemption allowed.
     arbitration: bool,
     /// Preemption points count (not while workaround batches run).
@@ -288,6 +294,9 @@ pub(super) struct Exec<'a> {
     /// When the run started, if the engine runs no faster than real time.
     pub real_time: Option<std::time::Instant>,
 }
+
+/// Resolves a batch start at a GGTT address: `Some((placed at, bytes copied))` for a fetch point.
+pub(super) type FetchHook<'a> = dyn FnMut(u64) -> Result<Option<(u64, u64)>, Stop> + 'a;
 
 /// How far (ns) a real-time engine may run ahead of the wall clock before it waits.
 pub(super) const PACE_SLACK_NS: u64 = 200_000;
@@ -323,6 +332,7 @@ impl<'a> Exec<'a> {
             preempt: None,
             abort: None,
             timeout_ns: cost.hang_timeout_ns,
+            fetch: None,
             arbitration: true,
             preemptible: false,
             progress: false,
@@ -348,6 +358,19 @@ impl<'a> Exec<'a> {
         if ahead > PACE_SLACK_NS {
             self.mem.pause(view, || std::thread::sleep(std::time::Duration::from_nanos(ahead)));
         }
+    }
+
+    /// Where a batch start goes: a GGTT start into the trap window is fetched now.
+    /// The engine waits while the host fetches: charged as engine time.
+    fn target(&mut self, addr: u64, space: AddrSpace) -> Result<u64, Stop> {
+        let fetched = match self.fetch.as_mut() {
+            Some(f) if space == AddrSpace::Ggtt => f(addr)?,
+            _ => None,
+        };
+        let Some((at, bytes)) = fetched else { return Ok(addr) };
+        self.report.fetches = self.report.fetches.saturating_add(1);
+        self.charge(self.cost.fetch_ns.saturating_add(self.cost.bytes_ns(bytes)), "fetching a batch")?;
+        Ok(at)
     }
 
     /// Whether to stop at a preemption point of kind `p`.
@@ -492,6 +515,7 @@ impl<'a> Exec<'a> {
                 Flow::Next => {}
                 Flow::End => return Err(Stop::Fault("MI_BATCH_BUFFER_END in the ring".into())),
                 Flow::Start { addr, space, second } => {
+                    let addr = self.target(addr, space)?;
                     let frame = Frame { space, addr, privileged: space == AddrSpace::Ggtt };
                     let _ = second;
                     self.run_batches([None, Some(frame), None], 1)?;
@@ -529,6 +553,7 @@ impl<'a> Exec<'a> {
                 Flow::Next | Flow::Preempt { .. } => {}
                 Flow::End => return Ok(()),
                 Flow::Start { addr, space, .. } => {
+                    let addr = self.target(addr, space)?;
                     let frame = Frame { space, addr, privileged: space == AddrSpace::Ggtt };
                     self.run_batches([None, Some(frame), None], 1)?;
                 }
@@ -576,6 +601,7 @@ impl<'a> Exec<'a> {
                     return Ok(());
                 }
                 Flow::Start { addr, space, second } => {
+                    let addr = self.target(addr, space)?;
                     let privileged = self.privileged && space == AddrSpace::Ggtt;
                     level = if second { 2 } else { 1 };
                     if let Some(f) = frames.get_mut(level) {

@@ -160,7 +160,7 @@ impl SimGpu {
                 let _ = self.mem.write_ggtt(lrca, image.as_bytes());
                 self.push_csb(e, (1 << 3) | (1 << 4), id); // active to idle, complete
             }
-            Err(Stop::Hang(_)) | Err(Stop::Fault(_)) | Err(Stop::Preempted) | Err(Stop::Aborted) => {}
+            Err(Stop::Hang(_) | Stop::Fault(_) | Stop::Preempted | Stop::Aborted | Stop::Refused(_)) => {}
         }
     }
 }

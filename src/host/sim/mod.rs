@@ -314,15 +314,30 @@ impl HostGpu for SimGpu {
         if let Some(a) = abort {
             a.store(false, std::sync::atomic::Ordering::Release);
         }
+        let HostJob { ring, context, legacy32, preempt, timeout_ns, fetcher, .. } = job;
+        let (shadow_base, mem) = (self.shadow_base(), &self.mem);
+        let mut fetcher = fetcher;
+        let mut resolve = |addr: u64| -> Result<Option<(u64, u64)>, Stop> {
+            if !placement::is_trap(shadow_base, engine, addr) {
+                return Ok(None);
+            }
+            let f = fetcher.as_mut().ok_or_else(|| Stop::Fault("a batch start into the trap window".into()))?;
+            let mut stage = |gma: u64, dw: &[u32]| mem.stage_ggtt(gma, zerocopy::IntoBytes::as_bytes(dw));
+            placement::resolve(shadow_base, engine, ring, f, addr, &mut stage).map(Some).map_err(|e| match e {
+                placement::FetchFailure::Refused(why) => Stop::Refused(why),
+                placement::FetchFailure::Placement(why) => Stop::Fault(why),
+            })
+        };
         let mut exec = Exec::new(&self.mem, &mut slot.core, &self.cfg.cost);
         exec.pphwsp = pphwsp;
-        exec.preempt = job.preempt;
+        exec.preempt = preempt;
         exec.abort = abort;
+        exec.fetch = Some(&mut resolve);
         exec.real_time = self.cfg.real_time.then(std::time::Instant::now);
-        if let Some(t) = job.timeout_ns {
+        if let Some(t) = timeout_ns {
             exec.timeout_ns = t;
         }
-        let r = run_context(&mut exec, job.context.parts_mut(), job.legacy32);
+        let r = run_context(&mut exec, context.parts_mut(), legacy32);
         let (ns, at, mut report) = (exec.ns, exec.at, exec.report);
         report.engine_ns = ns;
         match r {
@@ -337,6 +352,7 @@ impl HostGpu for SimGpu {
             Err(Stop::Fault(why)) => Err(HostError::Fault { engine, at, why }),
             Err(Stop::Preempted) => Err(HostError::Fault { engine, at, why: "preempted outside a run".into() }),
             Err(Stop::Aborted) => Err(HostError::Aborted { engine }),
+            Err(Stop::Refused(why)) => Err(HostError::Refused { engine, why }),
         }
     }
 

@@ -60,9 +60,11 @@ pub fn elsp_bytes(data: &[u8]) -> Result<bool, String> {
                         if let Ok(w) = create_workload(&mem, &ggtt, &mut ppgtt, &mut host, *desc, &params) {
                             created = true;
                             pinned.push(w.root);
-                            // The engine reaches each batch start: fetch it, and the loops it has.
-                            let mut points: Vec<_> = w.ring.fetches.iter().take(8).copied().collect();
-                            while let Some(point) = points.pop() {
+                            // The engine reaches batch starts: fetch a few, and a loop of one.
+                            let mut points: Vec<_> = w.ring.fetches.iter().take(2).copied().collect();
+                            let mut fetched = 0;
+                            while let Some(point) = points.pop().filter(|_| fetched < 4) {
+                                fetched += 1;
                                 let (root, shadow) = (w.root, w.shadow_root);
                                 if let Ok(tree) =
                                     fetch_batch(&mem, &ggtt, &ppgtt, root, shadow, &w.guest, &params, &point)
@@ -70,9 +72,7 @@ pub fn elsp_bytes(data: &[u8]) -> Result<bool, String> {
                                     if tree.batches.is_empty() {
                                         return Err("a fetch that copied no batch".into());
                                     }
-                                    if points.len() < 16 {
-                                        points.extend(tree.fetches.iter().take(2).copied());
-                                    }
+                                    points.extend(tree.fetches.first().copied());
                                 }
                             }
                         }

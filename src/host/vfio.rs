@@ -14,6 +14,7 @@
 //! and the software GPU's register-level model implements them in tests (no Intel GPU here).
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -83,6 +84,8 @@ pub struct VfioGpu<B, D: DmaSpace> {
     shadow_base: u64,
     timeout: Duration,
     state: Vec<Mutex<EngineState>>,
+    /// Per engine: [`HostGpu::abort`] asked the running workload to stop.
+    aborts: Vec<AtomicBool>,
 }
 
 impl<B, D: DmaSpace> std::fmt::Debug for VfioGpu<B, D> {
@@ -101,7 +104,8 @@ impl<B: Bar0, D: DmaSpace> VfioGpu<B, D> {
     /// `shadow_base` (5 × 64 MiB no vGPU window may overlap).
     pub fn new(bar: Arc<B>, dma: Arc<D>, gen: Gen, engines: EngineMask, shadow_base: u64) -> Self {
         let state = Engine::ALL.iter().map(|_| Mutex::new(EngineState { mapped: HashMap::new() })).collect();
-        VfioGpu { bar, dma, gen, engines, shadow_base, timeout: DEFAULT_TIMEOUT, state }
+        let aborts = Engine::ALL.iter().map(|_| AtomicBool::new(false)).collect();
+        VfioGpu { bar, dma, gen, engines, shadow_base, timeout: DEFAULT_TIMEOUT, state, aborts }
     }
 
     /// Sets the hang timeout.
@@ -229,6 +233,11 @@ impl<B: Bar0 + 'static, D: DmaSpace + 'static> HostGpu for VfioGpu<B, D> {
         // Wait for the workload's complete event, or, once preempted, for the preemption
         // context's.
         let t0 = Instant::now();
+        let abort = self.aborts.get(engine.index());
+        // An abort asked for before this run (of a run that ended meanwhile) is not for it.
+        if let Some(a) = abort {
+            a.store(false, Ordering::Release);
+        }
         let mut seen = wp0;
         let (mut preempting, mut preempted, mut completed) = (false, false, false);
         loop {
@@ -250,6 +259,11 @@ impl<B: Bar0 + 'static, D: DmaSpace + 'static> HostGpu for VfioGpu<B, D> {
             if !preempting && !preempted && job.preempt.is_some_and(|stop| stop(used.as_nanos() as u64)) {
                 self.submit_preempt(&mut st, engine, lrca).map_err(place_err)?;
                 preempting = true;
+            }
+            // The guest reset the engine: stop waiting; the scheduler resets it through GDRST,
+            // which stops what it runs.
+            if abort.is_some_and(|a| a.load(Ordering::Acquire)) {
+                return Err(HostError::Aborted { engine });
             }
             if used > timeout {
                 return Err(HostError::Hang {
@@ -283,6 +297,12 @@ impl<B: Bar0 + 'static, D: DmaSpace + 'static> HostGpu for VfioGpu<B, D> {
         // The CSB pointers restart after a reset.
         let base = u64::from(engine.mmio_base());
         self.bar.write32(base + u64::from(reg::CSB_PTR), 0xffff_0707);
+    }
+
+    fn abort(&self, engine: Engine) {
+        if let Some(a) = self.aborts.get(engine.index()) {
+            a.store(true, Ordering::Release);
+        }
     }
 
     fn read_reg(&self, _engine: Engine, reg: u32) -> u32 {
@@ -587,6 +607,20 @@ mod tests {
         let e = run(&gpu, Engine::Bcs, &h).unwrap_err();
         assert!(matches!(e, HostError::Hang { .. }), "{e}");
         gpu.reset_engine(Engine::Bcs);
+        // The same, stopped by an engine reset the guest asked for: the run ends at once.
+        let gpu = gpu.with_timeout(Duration::from_secs(60));
+        let e = std::thread::scope(|sc| {
+            let r = sc.spawn(|| run(&gpu, Engine::Bcs, &h));
+            // An abort before the run started is not for it: ask until it ends.
+            while !r.is_finished() {
+                std::thread::sleep(Duration::from_millis(20));
+                gpu.abort(Engine::Bcs);
+            }
+            r.join().unwrap()
+        });
+        assert!(matches!(e, Err(HostError::Aborted { engine: Engine::Bcs })), "{e:?}");
+        gpu.reset_engine(Engine::Bcs);
+        let gpu = gpu.with_timeout(Duration::from_millis(200));
         let mut again = CmdBuf::new();
         again.store_dword(AddrSpace::Ggtt, WIN + 0x48, 7);
         run(&gpu, Engine::Bcs, &again).unwrap();

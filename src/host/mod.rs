@@ -103,6 +103,10 @@ pub struct RunReport {
     pub preempted: bool,
     /// Batches fetched when the engine reached them (see [`placement`]).
     pub fetches: u32,
+    /// Wall time of the run that was the job's own mediation work, not the backend's (a job sets
+    /// it: its shadow context build and write-back, and the copies and scans of the batches it
+    /// fetched during the run), ns. The scheduler's `host_wall_ns` leaves it out.
+    pub mediation_ns: u64,
     /// Commands a non-privileged batch may not execute (privileged commands, loads of registers
     /// it may not write, global-GTT stores), turned into MI_NOOP by the engine as the hardware
     /// turns them.

@@ -668,7 +668,9 @@ fn engine_loop(inner: &Inner, index: usize) {
         };
         let run = RunControl { preempt: &preempt, timeout_ns: inner.cfg.hang_timeout_ns };
         let result = q.job.execute(host, e.engine, &run);
-        let host_wall = t0.elapsed().as_nanos() as u64;
+        // The backend's time: the job's own mediation inside `execute` is not.
+        let mediation = result.as_ref().map_or(0, |r| r.mediation_ns);
+        let host_wall = (t0.elapsed().as_nanos() as u64).saturating_sub(mediation);
         let engine_ns = match &result {
             Ok(r) => r.engine_ns,
             Err(JobError::Host(HostError::Hang { engine_ns, .. })) => *engine_ns,

@@ -29,7 +29,9 @@ pub struct VgpuStats {
     pub engine_ns: [u64; 5],
     /// Bytes scanned (copied from guest memory and audited) for accepted workloads.
     pub scanned_bytes: u64,
-    /// Wall time spent inside the host backend, ns (what "engine time excluded" subtracts).
+    /// Wall time spent inside the host backend, ns (what "engine time excluded" subtracts): a
+    /// job's run, without the mediation work the job reports in it
+    /// ([`RunReport::mediation_ns`](crate::host::RunReport)).
     pub host_wall_ns: u64,
     /// Submission-to-completion latencies, ns (the first 2^20).
     pub latencies_ns: Vec<u64>,

@@ -2,9 +2,10 @@
 //! from an ELSP write to the scheduler and back.
 //!
 //! On the fourth ELSP dword the submission is validated, each element becomes a workload (guest
-//! context read through the virtual GGTT, PPGTT shadowed and pinned, ring and batches copied and
-//! scanned) and is queued on the scheduler; the CSB gets its idle-to-active event. On the engine
-//! thread the shadow context is built and run on the host; on completion it is written back, the
+//! context read through the virtual GGTT, PPGTT shadowed and pinned, ring copied and scanned) and
+//! is queued on the scheduler; the CSB gets its idle-to-active event. On the engine thread the
+//! shadow context is built and run on the host, and each batch the ring starts is copied and
+//! scanned when the engine reaches it (a fetch); on completion it is written back, the
 //! PPGTT root handed back for unpinning, the CSB updated (registers and the guest's status page)
 //! and the interrupts raised through the VMM's callback. A workload that fails the scan, hangs or
 //! faults leaves the engine busy from the guest's view (a virtual hang the guest's hang check
@@ -18,9 +19,12 @@
 //!   ELSP write latches under it, releases it for the scan (serialised per engine by a lock only
 //!   vCPUs take), and takes it again to schedule the submission in;
 //! - the GGTT is a read-write lock the engine thread only reads, with `read_recursive`, so it never
-//!   queues behind a vCPU's GTT write waiting for a scan; the shadow page tables are the vCPU
-//!   side's alone: engine threads hand finished workloads' roots back through a short-held list
-//!   the next submission unpins.
+//!   queues behind a vCPU's GTT write waiting for a scan;
+//! - the shadow page tables are changed by the vCPU side only: engine threads hand finished
+//!   workloads' roots back through a short-held list the next submission unpins. A fetch takes
+//!   them (then the GGTT, the order a submission takes them in) to read a PPGTT batch through
+//!   them; what it can wait for is this vGPU's own table work, each piece bounded by
+//!   `PpgttLimits` and the scan limits.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -508,6 +512,7 @@ where
     A::M: Send + Sync,
 {
     fn execute(&mut self, host: &dyn HostGpu, engine: Engine, run: &RunControl<'_>) -> Result<RunReport, JobError> {
+        let t0 = std::time::Instant::now();
         let s = &self.shared;
         let w = self.work.as_mut().ok_or(JobError::Prepare("no workload".into()))?;
         let slot = s.engines.get(engine.index()).and_then(Option::as_ref).ok_or(JobError::Prepare("engine".into()))?;
@@ -549,7 +554,10 @@ where
         // Each batch the ring starts is copied and scanned when the engine reaches it. The
         // tables are taken as a submission takes them (tables, then the GGTT); only this vGPU's
         // own table updates can hold them, each bounded.
+        let fetch_wall = std::cell::Cell::new(0u64);
         let mut fetch = |point: &FetchPoint| -> Result<ScannedWorkload, String> {
+            let f0 = std::time::Instant::now();
+            let _charge = Defer(|| fetch_wall.set(fetch_wall.get().saturating_add(nanos_since(f0))));
             let fetched = {
                 let t = s.tables.lock();
                 let ggtt = s.ggtt.read_recursive();
@@ -571,11 +579,14 @@ where
         job.preempt = Some(run.preempt);
         job.timeout_ns = run.timeout_ns;
         job.fetcher = Some(Fetcher { fetch: &mut fetch, live: &mut self.fetched });
-        let report = host.run(engine, job)?;
+        let r0 = std::time::Instant::now();
+        let mut report = host.run(engine, job)?;
+        let backend = nanos_since(r0).saturating_sub(fetch_wall.get());
         if !report.preempted {
             let ggtt = s.ggtt.read_recursive();
-            shadow.write_back(&*s.mem.memory(), &*ggtt, &w.guest).map_err(|e| JobError::Prepare(e.to_string()))?;
+            shadow.write_back(&*s.mem.memory(), &*ggtt, guest).map_err(|e| JobError::Prepare(e.to_string()))?;
         }
+        report.mediation_ns = nanos_since(t0).saturating_sub(backend);
         Ok(report)
     }
 
@@ -598,5 +609,18 @@ where
             Err(JobError::Cancelled(_)) => {}
             Err(_) => es.hung = true,
         }
+    }
+}
+
+fn nanos_since(t: std::time::Instant) -> u64 {
+    u64::try_from(t.elapsed().as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// Runs its closure when dropped (on every way out of a scope).
+struct Defer<F: FnMut()>(F);
+
+impl<F: FnMut()> Drop for Defer<F> {
+    fn drop(&mut self) {
+        (self.0)()
     }
 }

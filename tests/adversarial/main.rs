@@ -548,6 +548,42 @@ fn non_privileged_batches_get_the_hardware_rules_not_refusals() {
 }
 
 #[test]
+fn rewriting_a_batch_after_the_engine_fetched_it_changes_nothing() {
+    // A privileged (GGTT) batch raises a flag, then waits on a semaphore; once the flag shows the
+    // engine is in it (so it was fetched), the guest rewrites its rest into stores to the victim
+    // and releases it. The fetched copy runs, not the rewrite.
+    let mut w = World::new();
+    let e = Engine::Bcs;
+    let va = w.attacker.g.data_va();
+    let (flag, sem) = (va + 0x100, va + 0x200);
+    let (flag_gpa, sem_gpa) = (w.attacker.g.ppgtt_gpa(flag).unwrap(), w.attacker.g.ppgtt_gpa(sem).unwrap());
+    w.attacker.w32(flag_gpa, 0);
+    w.attacker.w32(sem_gpa, 0);
+    let mut head = CmdBuf::new();
+    head.store_dword(Ppgtt, flag, 1).semaphore_wait(Ppgtt, sem, 1);
+    let mut b = head.clone();
+    b.store_dword(Ppgtt, va, 0x600d).bb_end();
+    let (gma, gpa) = w.attacker.g.gm_alloc(PAGE).unwrap();
+    w.attacker.put(gpa, &b);
+    let mut ring = CmdBuf::new();
+    ring.bb_start(Ggtt, gma, false);
+    let s = w.attacker.g.submit_ring(e, &ring).unwrap();
+    let t0 = std::time::Instant::now();
+    while w.attacker.r32(flag_gpa) != 1 {
+        assert!(t0.elapsed() < T, "the batch never started");
+        std::thread::yield_now();
+    }
+    let mut evil = head.clone();
+    evil.store_dword(Ggtt, w.victim_gtt_canary.0, 0xbad).store_dword(Ggtt, w.victim_hidden_canary.0, 0xbad).bb_end();
+    w.attacker.put(gpa, &evil);
+    w.attacker.w32(sem_gpa, 1);
+    w.attacker.g.wait(e, s, T).unwrap();
+    w.assert_unharmed();
+    assert_eq!(w.attacker.r32(w.attacker.g.ppgtt_gpa(va).unwrap()), 0x600d, "the copy ran");
+    assert_eq!(w.attacker.stopped(), 0);
+}
+
+#[test]
 fn a_batch_start_adding_bb_offset_is_refused_from_every_buffer() {
     // Gen9's Add Offset Enable jumps to the address plus BB_OFFSET, which a user batch may set:
     // the copy would start wherever the guest's offset from the shadow batch points, privileged.

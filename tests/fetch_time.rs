@@ -5,22 +5,21 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use shadowgpu::cmd::emit::CmdBuf;
 use shadowgpu::cmd::AddrSpace::Ppgtt;
-use shadowgpu::guest::{Driver, IrqLine};
+use shadowgpu::guest::Driver;
 use shadowgpu::hw::{Engine, Platform};
-use shadowgpu::mdev::{GpuManager, IrqTrigger, MdevDevice, IRQ_MSI};
+use shadowgpu::mdev::GpuManager;
 use shadowgpu::mm::GmLayout;
 use shadowgpu::sched::SchedConfig;
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress};
 
-type Mem = Arc<GuestMemoryMmap<()>>;
-type Dev = Arc<MdevDevice<Mem>>;
-const RAM: u64 = 32 << 20;
-const T: Duration = Duration::from_secs(60);
+#[path = "common/vm.rs"]
+mod vm;
+use vm::*;
+
 /// MI_ARB_CHECK.
 const ARB_CHECK: u32 = 0x0280_0000;
 /// MI_BATCH_BUFFER_END.
@@ -32,35 +31,12 @@ fn gpu() -> GpuManager {
     GpuManager::software_with(Platform::Skylake, GmLayout { aperture: 512 << 20, ..GmLayout::DESKTOP }, cfg).unwrap()
 }
 
-fn vm(gpu: &GpuManager) -> (Dev, Mem, Driver<Dev, Mem>) {
-    let mem: Mem = Arc::new(GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), RAM as usize)]).unwrap());
-    let dev = Arc::new(gpu.create("GVTg_V5_8", mem.clone()).unwrap());
-    let line = IrqLine::default();
-    let l = line.clone();
-    dev.set_irq(IRQ_MSI, Some(IrqTrigger::Callback(Arc::new(move || l.signal())))).unwrap();
-    let g = Driver::probe(dev.clone(), mem.clone(), (1 << 20, RAM - (1 << 20)), line).unwrap();
-    (dev, mem, g)
-}
-
 fn put(mem: &Mem, g: &Driver<Dev, Mem>, va: u64, b: &CmdBuf) {
     mem.write_slice(&b.to_bytes(), GuestAddress(g.ppgtt_gpa(va).unwrap())).unwrap();
 }
 
 fn r32(mem: &Mem, g: &Driver<Dev, Mem>, va: u64) -> u32 {
     mem.read_obj(GuestAddress(g.ppgtt_gpa(va).unwrap())).unwrap()
-}
-
-/// Holds `engine` with a workload of `g`'s that turns arbitration off (nothing preempts it) and
-/// waits on a semaphore until the returned closure releases it.
-fn hold(g: &mut Driver<Dev, Mem>, mem: &Mem, engine: Engine) -> impl FnOnce() {
-    let sem = g.data_va() + 0x8000;
-    let sem_gpa = g.ppgtt_gpa(sem).unwrap();
-    mem.write_obj(0u32, GuestAddress(sem_gpa)).unwrap();
-    let mut b = CmdBuf::new();
-    b.raw(&[0x0400_0000]).semaphore_wait(Ppgtt, sem, 1).raw(&[0x0400_0001]).bb_end();
-    g.submit(engine, &b).unwrap();
-    let mem = mem.clone();
-    move || mem.write_obj(1u32, GuestAddress(sem_gpa)).unwrap()
 }
 
 /// A batch at `va` that stores `value` at `result`; returns the address of its value dword.

@@ -12,29 +12,19 @@ use std::time::Duration;
 
 use shadowgpu::cmd::emit::CmdBuf;
 use shadowgpu::cmd::AddrSpace::Ppgtt;
-use shadowgpu::guest::{Driver, IrqLine};
+use shadowgpu::guest::Driver;
 use shadowgpu::host::sim::SimConfig;
 use shadowgpu::hw::{Engine, Platform};
-use shadowgpu::mdev::{GpuManager, IrqTrigger, MdevDevice, IRQ_MSI};
+use shadowgpu::mdev::GpuManager;
 use shadowgpu::mm::GmLayout;
 use shadowgpu::sched::SchedConfig;
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress};
 
-type Mem = Arc<GuestMemoryMmap<()>>;
-type Dev = Arc<MdevDevice<Mem>>;
-const RAM: u64 = 32 << 20;
-const T: Duration = Duration::from_secs(60);
+#[path = "common/vm.rs"]
+mod vm;
+use vm::*;
+
 const SLICE_NS: u64 = 1_000_000;
-
-fn vm(gpu: &GpuManager) -> (Dev, Mem, Driver<Dev, Mem>) {
-    let mem: Mem = Arc::new(GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), RAM as usize)]).unwrap());
-    let dev = Arc::new(gpu.create("GVTg_V5_8", mem.clone()).unwrap());
-    let line = IrqLine::default();
-    let l = line.clone();
-    dev.set_irq(IRQ_MSI, Some(IrqTrigger::Callback(Arc::new(move || l.signal())))).unwrap();
-    let g = Driver::probe(dev.clone(), mem.clone(), (1 << 20, RAM - (1 << 20)), line).unwrap();
-    (dev, mem, g)
-}
 
 /// `draws` 3DPRIMITIVEs of 24,000 vertices (50 us of engine time each), then a store of `value`.
 fn draws(draws: usize, va: u64, value: u32) -> CmdBuf {
@@ -50,19 +40,6 @@ fn render_ns(dev: &Dev) -> u64 {
     dev.vgpu().engines().stats().unwrap().engine_ns[Engine::Rcs.index()]
 }
 
-/// Holds the render engine with a workload of `g`'s that turns arbitration off (so nothing
-/// preempts it) and waits for a semaphore until the returned closure releases it.
-fn hold(g: &mut Driver<Dev, Mem>, mem: &Mem) -> impl FnOnce() {
-    let sem = g.data_va() + 0x8000;
-    let sem_gpa = g.ppgtt_gpa(sem).unwrap();
-    mem.write_obj(0u32, GuestAddress(sem_gpa)).unwrap();
-    let mut b = CmdBuf::new();
-    b.raw(&[0x0400_0000]).semaphore_wait(Ppgtt, sem, 1).raw(&[0x0400_0001]).bb_end();
-    g.submit(Engine::Rcs, &b).unwrap();
-    let mem = mem.clone();
-    move || mem.write_obj(1u32, GuestAddress(sem_gpa)).unwrap()
-}
-
 #[test]
 fn preemption_is_invisible_to_the_guests() {
     let cfg = SchedConfig { hang_timeout_ns: Some(5_000_000_000), ..SchedConfig::default() };
@@ -73,7 +50,7 @@ fn preemption_is_invisible_to_the_guests() {
     let (_dev_c, mem_c, mut c) = vm(&gpu);
     // Both queue deep on the render engine while a third vGPU holds it: B 20 batches of 200
     // draws (10 ms each, ten slices), A 200 small workloads; A's slices then preempt B's batches.
-    let release = hold(&mut c, &mem_c);
+    let release = hold(&mut c, &mem_c, Engine::Rcs);
     let (va, vb) = (a.data_va(), b.data_va());
     let mut last_b = 0;
     for i in 0..20u32 {

@@ -249,8 +249,11 @@ fn run_guests(name: &str, platform: &str, programs: &[Program]) {
     let mut guests = Vec::new();
     for (i, (program, socket)) in programs.iter().zip(&sockets).enumerate() {
         let console = work.join(format!("console{i}.log"));
+        // Writes through the aperture must be in guest memory before the guest's CPU reads it
+        // directly, as on the hardware: no posted writes (docs/integration.md).
         let device = format!(
-            "{{\"driver\":\"vfio-user-pci\",\"socket\":{{\"type\":\"unix\",\"path\":\"{}\"}},\"addr\":\"02.0\"}}",
+            "{{\"driver\":\"vfio-user-pci\",\"socket\":{{\"type\":\"unix\",\"path\":\"{}\"}},\"addr\":\"02.0\",\
+             \"x-no-posted-writes\":true}}",
             socket.display()
         );
         let ram = program.ram();

@@ -144,9 +144,7 @@ where
     T: GmTranslate + ?Sized,
     O: ScanObserver + ?Sized,
 {
-    let mut s = Scanner::new(mem, xlate, params, observer, BufferKind::Ring);
-    s.copy_ring()?;
-    s.walk_all()
+    scan_ring_as(mem, xlate, params, observer, false)
 }
 
 /// Scans a guest ring as [`scan_ring`] does, but leaves the batches it starts to be fetched when
@@ -166,8 +164,24 @@ where
     T: GmTranslate + ?Sized,
     O: ScanObserver + ?Sized,
 {
+    scan_ring_as(mem, xlate, params, observer, true)
+}
+
+/// [`scan_ring`], or with `defer` [`scan_fetching`].
+fn scan_ring_as<M, T, O>(
+    mem: &M,
+    xlate: &T,
+    params: &ScanParams,
+    observer: &mut O,
+    defer: bool,
+) -> Result<ScannedWorkload, ScanError>
+where
+    M: GuestMemory + ?Sized,
+    T: GmTranslate + ?Sized,
+    O: ScanObserver + ?Sized,
+{
     let mut s = Scanner::new(mem, xlate, params, observer, BufferKind::Ring);
-    s.defer = true;
+    s.defer = defer;
     s.copy_ring()?;
     s.walk_all()
 }

@@ -217,7 +217,16 @@ where
     G: GmTranslate,
 {
     let xlate = SplitTranslation { ggtt, ppgtt: ppgtt.translator(root) };
-    let params = ScanParams {
+    let params = scan_params(guest, p);
+    let mut tree = scan_fetch(mem, &xlate, &params, point, &mut ()).map_err(WorkloadError::Ring)?;
+    patch_root_loads(&mut tree, "batch", p.engine, root, shadow)?;
+    Ok(tree)
+}
+
+/// How a workload's streams are scanned: through its context's PPGTT, index-mode writes into the
+/// per-process status page (page 0 of the image, at the LRCA).
+fn scan_params(guest: &GuestContext, p: &WorkloadParams) -> ScanParams {
+    ScanParams {
         gen: p.gen,
         engine: p.engine,
         windows: p.windows,
@@ -225,10 +234,7 @@ where
         surfaces: AddrSpace::Ppgtt,
         hwsp: Some(guest.lrca),
         limits: p.limits,
-    };
-    let mut tree = scan_fetch(mem, &xlate, &params, point, &mut ()).map_err(WorkloadError::Ring)?;
-    patch_root_loads(&mut tree, "batch", p.engine, root, shadow)?;
-    Ok(tree)
+    }
 }
 
 fn scan_all<M, G>(
@@ -244,15 +250,7 @@ where
     G: GmTranslate,
 {
     let xlate = SplitTranslation { ggtt, ppgtt: ppgtt.translator(root) };
-    let params = ScanParams {
-        gen: p.gen,
-        engine: p.engine,
-        windows: p.windows,
-        ring: guest.ring.ring,
-        surfaces: AddrSpace::Ppgtt,
-        hwsp: Some(guest.lrca), // the per-process status page is page 0 of the image
-        limits: p.limits,
-    };
+    let params = scan_params(guest, p);
     let ring = scan_fetching(mem, &xlate, &params, &mut ()).map_err(WorkloadError::Ring)?;
     let wa = if p.engine == Engine::Rcs && (guest.indirect_ctx.is_some() || guest.bb_per_ctx.is_some()) {
         let mut dwords = Vec::new();

@@ -107,7 +107,8 @@ pub fn is_trap(shadow_base: u64, engine: Engine, addr: u64) -> bool {
 
 /// The engine reached the batch start relocated to `trap`: fetches the batch through `fetcher`,
 /// places it (and what it reaches) in a fetch region, stages it, and returns where the engine
-/// goes on and how many bytes the fetch copied. `ring` is the job's ring workload (its fetch points are the ring's traps).
+/// goes on and how many bytes the fetch copied. `ring` is the job's ring workload (its fetch
+/// points are the ring's traps).
 pub fn resolve(
     shadow_base: u64,
     engine: Engine,

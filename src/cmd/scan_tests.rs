@@ -389,6 +389,24 @@ fn fetching_leaves_ring_batches_to_the_engine_and_turns_loops_into_fetch_points(
     // An eager scan copies the same tree with the loop inside the copy (a fourth relocation).
     let e = c.scan(ring().bb_start(Ggtt, BATCH, false)).unwrap();
     assert_eq!((e.batches.len(), e.relocs.len(), e.fetches.len()), (3, 5, 0));
+    // Resolving the fetch points at once: the tree's loop runs in its copy. A tree whose loop has
+    // no copy in it is refused, and nothing changes.
+    let mut eager = w.clone();
+    let mut broken = t.clone();
+    broken.fetches[0].gma = 0x10_e000;
+    let other = scan_fetch(&img.mem, &img.xlate, &p, &first, &mut ()).unwrap();
+    assert!(!eager.absorb_fetches(vec![broken, other.clone()]));
+    assert_eq!(eager, w);
+    let mut l2_only = other.clone();
+    l2_only.batches.truncate(1);
+    l2_only.fetches.clear();
+    l2_only.relocs.clear();
+    assert!(eager.absorb_fetches(vec![t.clone(), l2_only]));
+    assert!(eager.fetches.is_empty());
+    assert_eq!(eager.batches.len(), 4);
+    // The ring's two starts, the tree's three relocations and its loop back to its own B1 copy.
+    assert_eq!(eager.relocs.len(), 2 + 3 + 1);
+    assert!(eager.relocs.contains(&Reloc { buffer: b2_id, dword: 1, target: 0 }));
     // A fetch of something unmapped, or of a bad level, is refused with where and why.
     let bad = FetchPoint { gma: 0x5000, space: Ppgtt, ..first };
     assert!(matches!(scan_fetch(&img.mem, &img.xlate, &p, &bad, &mut ()).unwrap_err().reason, Reason::Unmapped { .. }));

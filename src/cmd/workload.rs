@@ -232,6 +232,15 @@ impl ScannedWorkload {
         if trees.len() != self.fetches.len() || trees.iter().any(|t| t.batches.is_empty()) {
             return false;
         }
+        // Every loop must have its copy in its tree: a start left unrelocated would keep the
+        // guest's address.
+        let has_copy = |t: &ScannedWorkload, l: &FetchPoint| {
+            let kind = BufferKind::Batch { level: l.level, space: l.space, gma: l.gma };
+            l.buffer > 0 && t.batches.iter().any(|b| b.kind == kind)
+        };
+        if !trees.iter().all(|t| t.fetches.iter().all(|l| has_copy(t, l))) {
+            return false;
+        }
         let fetches = std::mem::take(&mut self.fetches);
         for (f, tree) in fetches.into_iter().zip(trees) {
             let offset = self.batches.len();

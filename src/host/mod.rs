@@ -145,6 +145,8 @@ pub enum HostError {
     Refused {
         /// Engine.
         engine: Engine,
+        /// Engine time the run used until then.
+        engine_ns: u64,
         /// Where and why.
         why: String,
     },

@@ -31,14 +31,36 @@ const BATCH_ALIGN: u64 = 64;
 /// two for loops at level 2, so a fetch never overwrites a batch the engine is still in.
 const REGIONS_OFF: u64 = 16 << 20;
 const REGIONS: usize = 4;
-const REGION_SIZE: u64 = 11 << 20;
+const L1_REGION: u64 = 18 << 20;
+const L2_REGION: u64 = 4 << 20;
 /// The trap window: 8 bytes per fetch point; the ring's first, then each region's.
-const TRAP_OFF: u64 = REGIONS_OFF + REGIONS as u64 * REGION_SIZE;
+const TRAP_OFF: u64 = REGIONS_OFF + 2 * L1_REGION + 2 * L2_REGION;
+/// Where a relocation with no placed target points: above every GGTT (4 GiB at most), so the
+/// engine faults there instead of running anything.
+const NOWHERE: u64 = 1 << 40;
+/// Room for the 64-byte alignment of up to 4096 batches in a region.
+const ALIGN_SLACK: u64 = 256 << 10;
 const TRAP_SLOT: u64 = 8;
 const RING_TRAPS: u64 = 2 << 20;
 const REGION_TRAPS: u64 = 512 << 10;
 const TRAP_SIZE: u64 = RING_TRAPS + REGIONS as u64 * REGION_TRAPS;
 const _: () = assert!(TRAP_OFF + TRAP_SIZE <= ENGINE_AREA);
+
+/// Offset and size of fetch region `r` in an engine's area.
+fn region_span(r: usize) -> (u64, u64) {
+    match r {
+        0 => (REGIONS_OFF, L1_REGION),
+        1 => (REGIONS_OFF + L1_REGION, L1_REGION),
+        2 => (REGIONS_OFF + 2 * L1_REGION, L2_REGION),
+        _ => (REGIONS_OFF + 2 * L1_REGION + L2_REGION, L2_REGION),
+    }
+}
+
+/// Most bytes one fetch at `level` may copy so that its tree fits its region: a fetcher caps its
+/// scan budget with it, so a tree too large is refused by the scan, before it is placed.
+pub fn fetch_budget(level: u8) -> u64 {
+    (if level == 1 { L1_REGION } else { L2_REGION }) - ALIGN_SLACK
+}
 
 /// Copies and scans the batch a fetch point starts, as guest memory is when the engine reaches
 /// it (see [`crate::cmd::scan_fetch`]); `Err` says why it is refused.
@@ -141,8 +163,9 @@ pub fn resolve(
         // The engine leaves every earlier level-1 and level-2 batch.
         fetcher.live.regions = Default::default();
     }
-    let base = area_base(shadow_base, engine) + REGIONS_OFF + region as u64 * REGION_SIZE;
-    let end = base + REGION_SIZE;
+    let (off, size) = region_span(region);
+    let base = area_base(shadow_base, engine) + off;
+    let end = base + size;
     let mut next = base;
     let mut addrs = Vec::with_capacity(tree.batches.len());
     for b in &tree.batches {
@@ -154,12 +177,12 @@ pub fn resolve(
             .ok_or_else(|| bad("the fetched batches do not fit their region"))?;
         addrs.push(at);
     }
-    tree.relocate(|i, _| addrs.get(i).copied().unwrap_or(0));
+    tree.relocate(|i, _| addrs.get(i).copied().unwrap_or(NOWHERE));
     let mut traps = Vec::with_capacity(tree.fetches.len());
     for i in 0..tree.fetches.len() {
         traps.push(trap_addr(shadow_base, engine, Some(region), i).ok_or_else(|| bad("too many loops in one fetch"))?);
     }
-    tree.relocate_fetches(|i| traps.get(i).copied().unwrap_or(0));
+    tree.relocate_fetches(|i| traps.get(i).copied().unwrap_or(NOWHERE));
     let placed = PlacedTree { tree, addrs };
     stage_tree(&placed, stage).map_err(FetchFailure::Placement)?;
     let entry = placed.addrs.first().copied().ok_or_else(|| bad("a fetch that copied no batch"))?;
@@ -177,8 +200,16 @@ pub fn fetch_now(job: &mut HostJob<'_>) -> Result<(), String> {
     }
     let f = job.fetcher.as_mut().ok_or("the workload fetches batches but the job has no fetcher")?;
     let mut trees = Vec::with_capacity(job.ring.fetches.len());
+    // Everything fetched now is held at once and must fit the batch arena: stop at that, before
+    // a ring that starts one large batch many times costs more.
+    let mut held = 0u64;
     for p in &job.ring.fetches {
-        trees.push((f.fetch)(p)?);
+        let tree = (f.fetch)(p)?;
+        held = held.saturating_add(tree.total_bytes());
+        if held > TRAP_OFF - BATCH_OFF {
+            return Err("the batches fetched at dispatch do not fit the batch arena".into());
+        }
+        trees.push(tree);
         f.live.fetches = f.live.fetches.saturating_add(1);
     }
     if !job.ring.absorb_fetches(trees) {
@@ -239,7 +270,7 @@ pub fn place(shadow_base: u64, engine: Engine, job: &mut HostJob<'_>, stage: &mu
         for i in 0..job.ring.fetches.len() {
             traps.push(trap_addr(shadow_base, engine, None, i).ok_or("too many batch starts in the ring")?);
         }
-        job.ring.relocate_fetches(|i| traps.get(i).copied().unwrap_or(0));
+        job.ring.relocate_fetches(|i| traps.get(i).copied().unwrap_or(NOWHERE));
         // A run that resumes a preempted one resumes in the batches it had fetched.
         for t in f.live.regions.iter().flatten() {
             stage_tree(t, stage)?;
@@ -377,7 +408,7 @@ mod tests {
         assert_eq!(ring.ring.dwords[0] & 1 << 8, 0, "a GGTT start");
         assert_eq!(staged, [area_base(BASE, engine)]);
 
-        let region = |r: u64| area_base(BASE, engine) + REGIONS_OFF + r * REGION_SIZE;
+        let region = |r: u64| area_base(BASE, engine) + region_span(r as usize).0;
         let mut f = Fetcher { fetch: &mut fetch, live: &mut live };
         let mut stage = |_: u64, _: &[u32]| Ok(());
         // From the ring: region 0; each pass of the loop alternates 0 and 1.

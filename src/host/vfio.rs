@@ -212,8 +212,13 @@ impl<B: Bar0 + 'static, D: DmaSpace + 'static> HostGpu for VfioGpu<B, D> {
         }
         let mut st = self.state.get(engine.index()).ok_or(HostError::NoEngine(engine))?.lock();
         let place_err = |why| HostError::Placement { engine, why };
+        let abort = self.aborts.get(engine.index());
+        // An abort asked for before this run (of a run that ended meanwhile) is not for it.
+        if let Some(a) = abort {
+            a.store(false, Ordering::Release);
+        }
         // No trap sequences yet: every batch is fetched at dispatch, before the engine starts.
-        placement::fetch_now(&mut job).map_err(|why| HostError::Refused { engine, why })?;
+        placement::fetch_now(&mut job).map_err(|why| HostError::Refused { engine, engine_ns: 0, why })?;
         placement::place(self.shadow_base, engine, &mut job, &mut |gma, dw| self.stage(&mut st, gma, dw.as_bytes()))
             .map_err(place_err)?;
         // The context image goes to the engine's context area; the engine loads it from there.
@@ -233,11 +238,6 @@ impl<B: Bar0 + 'static, D: DmaSpace + 'static> HostGpu for VfioGpu<B, D> {
         // Wait for the workload's complete event, or, once preempted, for the preemption
         // context's.
         let t0 = Instant::now();
-        let abort = self.aborts.get(engine.index());
-        // An abort asked for before this run (of a run that ended meanwhile) is not for it.
-        if let Some(a) = abort {
-            a.store(false, Ordering::Release);
-        }
         let mut seen = wp0;
         let (mut preempting, mut preempted, mut completed) = (false, false, false);
         loop {
@@ -646,6 +646,31 @@ mod tests {
         gpu.run(Engine::Bcs, job).unwrap();
         assert_eq!(guest.read_obj::<u32>(GuestAddress(0x4c)).unwrap(), 0x5e7c);
         assert_eq!(live.fetches, 1);
+        // A ring that starts a large batch again and again: the fetches stop once what they hold
+        // exceeds the batch arena (the second 30 MiB copy), refused, before the rest are copied.
+        let mut starts = CmdBuf::new();
+        for _ in 0..8 {
+            starts.bb_start(AddrSpace::Ggtt, WIN + 0x1000, false);
+        }
+        let mut ctx = ShadowContext::with_blank_clean(Gen::Gen9, Engine::Bcs);
+        let mut w = ring_workload(&mut ctx, &gpu.layout(Engine::Bcs), &starts);
+        w.fetches = (0..8)
+            .map(|i| FetchPoint { buffer: 0, dword: 3 * i, space: AddrSpace::Ggtt, gma: WIN + 0x1000, level: 1 })
+            .collect();
+        let mut calls = 0;
+        let mut fetch = |p: &FetchPoint| {
+            calls += 1;
+            let mut t = ScannedWorkload::host_ring(Vec::new());
+            let kind = BufferKind::Batch { level: p.level, space: p.space, gma: p.gma };
+            t.batches.push(ShadowBuffer { kind, dwords: vec![0; (30 << 20) / 4] });
+            Ok(t)
+        };
+        let mut live = FetchedBatches::default();
+        let mut job = HostJob::new(&mut w, None, &mut ctx, false);
+        job.fetcher = Some(Fetcher { fetch: &mut fetch, live: &mut live });
+        let e = gpu.run(Engine::Bcs, job).unwrap_err();
+        assert!(matches!(e, HostError::Refused { .. }), "{e}");
+        assert_eq!(calls, 2);
         // Registers go straight to BAR0.
         gpu.write_reg(Engine::Bcs, 0xcc00, 0x33);
         assert_eq!(gpu.read_reg(Engine::Bcs, 0xcc00), 0x33);

@@ -673,7 +673,7 @@ fn engine_loop(inner: &Inner, index: usize) {
         let host_wall = (t0.elapsed().as_nanos() as u64).saturating_sub(mediation);
         let engine_ns = match &result {
             Ok(r) => r.engine_ns,
-            Err(JobError::Host(HostError::Hang { engine_ns, .. })) => *engine_ns,
+            Err(JobError::Host(HostError::Hang { engine_ns, .. } | HostError::Refused { engine_ns, .. })) => *engine_ns,
             Err(_) => 0,
         };
         let preempted = matches!(&result, Ok(r) if r.preempted);

@@ -37,7 +37,7 @@ use crate::context::{ShadowContext, ShadowPlan};
 use crate::execlist::{
     create_workload, fetch_batch, CsbStatus, ExeclistError, VirtualExeclist, Workload, WorkloadError, WorkloadParams,
 };
-use crate::host::placement::{FetchedBatches, Fetcher};
+use crate::host::placement::{fetch_budget, FetchedBatches, Fetcher};
 use crate::host::{HostGpu, HostJob, RunReport, VgpuMemory};
 use crate::hw::{Engine, EngineMask, Gen};
 use crate::mm::ppgtt::{PpgttLimits, Revalidate};
@@ -558,6 +558,9 @@ where
         let mut fetch = |point: &FetchPoint| -> Result<ScannedWorkload, String> {
             let f0 = std::time::Instant::now();
             let _charge = Defer(|| fetch_wall.set(fetch_wall.get().saturating_add(nanos_since(f0))));
+            // One fetch's scan may copy no more than its fetch region holds.
+            let mut p = p;
+            p.limits.max_bytes = p.limits.max_bytes.min(fetch_budget(point.level));
             let fetched = {
                 let t = s.tables.lock();
                 let ggtt = s.ggtt.read_recursive();

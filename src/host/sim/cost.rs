@@ -28,9 +28,13 @@ pub struct CostModel {
     pub context_restore_ns: u64,
     /// One poll of an unsatisfied MI_SEMAPHORE_WAIT.
     pub semaphore_poll_ns: u64,
-    /// A batch fetched when the engine reaches it (fixed part; its bytes add `byte_ps` each): the
-    /// engine waits while the host copies and scans it, as it would in a hardware trap.
+    /// A batch fetched when the engine reaches it, fixed part: the engine waits while the host
+    /// copies and scans it, as it would in a hardware trap.
     pub fetch_ns: u64,
+    /// The same, per byte copied, in picoseconds: at least what the host's copy and scan take
+    /// (about 1 GB/s on small real batches), so a guest that makes the host fetch much for
+    /// little engine work pays for the host's time in engine time.
+    pub fetch_byte_ps: u64,
     /// A workload running longer than this is declared hung and stopped.
     pub hang_timeout_ns: u64,
 }
@@ -50,6 +54,7 @@ impl Default for CostModel {
             context_restore_ns: 2_000,
             semaphore_poll_ns: 1_000,
             fetch_ns: 1_000,
+            fetch_byte_ps: 1_000,
             hang_timeout_ns: 50_000_000,
         }
     }

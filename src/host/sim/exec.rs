@@ -369,7 +369,8 @@ impl<'a> Exec<'a> {
         };
         let Some((at, bytes)) = fetched else { return Ok(addr) };
         self.report.fetches = self.report.fetches.saturating_add(1);
-        self.charge(self.cost.fetch_ns.saturating_add(self.cost.bytes_ns(bytes)), "fetching a batch")?;
+        let ns = self.cost.fetch_ns.saturating_add(bytes.saturating_mul(self.cost.fetch_byte_ps) / 1000);
+        self.charge(ns, "fetching a batch")?;
         Ok(at)
     }
 

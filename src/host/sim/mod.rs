@@ -352,7 +352,7 @@ impl HostGpu for SimGpu {
             Err(Stop::Fault(why)) => Err(HostError::Fault { engine, at, why }),
             Err(Stop::Preempted) => Err(HostError::Fault { engine, at, why: "preempted outside a run".into() }),
             Err(Stop::Aborted) => Err(HostError::Aborted { engine }),
-            Err(Stop::Refused(why)) => Err(HostError::Refused { engine, why }),
+            Err(Stop::Refused(why)) => Err(HostError::Refused { engine, engine_ns: ns, why }),
         }
     }
 

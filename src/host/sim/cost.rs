@@ -31,9 +31,10 @@ pub struct CostModel {
     /// A batch fetched when the engine reaches it, fixed part: the engine waits while the host
     /// copies and scans it, as it would in a hardware trap.
     pub fetch_ns: u64,
-    /// The same, per byte copied, in picoseconds: at least what the host's copy and scan take
-    /// (about 1 GB/s on small real batches), so a guest that makes the host fetch much for
-    /// little engine work pays for the host's time in engine time.
+    /// The same, per byte copied, in picoseconds (default: the memory rate of `byte_ps`). A
+    /// higher rate would charge a guest more nearly what the host's scan costs, but it also makes
+    /// a looping batch (IGT's spinner, refetched each pass) reach the hang timeout sooner in wall
+    /// time: at 1 ns a byte IGT's `gem_wait@wait` spinner no longer lived its second.
     pub fetch_byte_ps: u64,
     /// A workload running longer than this is declared hung and stopped.
     pub hang_timeout_ns: u64,
@@ -54,7 +55,7 @@ impl Default for CostModel {
             context_restore_ns: 2_000,
             semaphore_poll_ns: 1_000,
             fetch_ns: 1_000,
-            fetch_byte_ps: 1_000,
+            fetch_byte_ps: 100,
             hang_timeout_ns: 50_000_000,
         }
     }

@@ -165,24 +165,13 @@ pub fn resolve(
     }
     let (off, size) = region_span(region);
     let base = area_base(shadow_base, engine) + off;
-    let end = base + size;
     let mut next = base;
     let mut addrs = Vec::with_capacity(tree.batches.len());
     for b in &tree.batches {
-        let at = next;
-        next = next
-            .checked_add(b.len_bytes())
-            .and_then(|n| n.checked_next_multiple_of(BATCH_ALIGN))
-            .filter(|&n| n <= end)
-            .ok_or_else(|| bad("the fetched batches do not fit their region"))?;
-        addrs.push(at);
+        addrs.push(bump(&mut next, base + size, b).ok_or_else(|| bad("the fetched batches do not fit their region"))?);
     }
     tree.relocate(|i, _| addrs.get(i).copied().unwrap_or(NOWHERE));
-    let mut traps = Vec::with_capacity(tree.fetches.len());
-    for i in 0..tree.fetches.len() {
-        traps.push(trap_addr(shadow_base, engine, Some(region), i).ok_or_else(|| bad("too many loops in one fetch"))?);
-    }
-    tree.relocate_fetches(|i| traps.get(i).copied().unwrap_or(NOWHERE));
+    point_at_traps(&mut tree, shadow_base, engine, Some(region)).ok_or_else(|| bad("too many loops in one fetch"))?;
     let placed = PlacedTree { tree, addrs };
     stage_tree(&placed, stage).map_err(FetchFailure::Placement)?;
     let entry = placed.addrs.first().copied().ok_or_else(|| bad("a fetch that copied no batch"))?;
@@ -229,6 +218,22 @@ pub enum FetchFailure {
     Placement(String),
 }
 
+/// The next `BATCH_ALIGN`-aligned place for `b` at `*next` below `end`, moving `*next` past it.
+fn bump(next: &mut u64, end: u64, b: &ShadowBuffer) -> Option<u64> {
+    let at = *next;
+    *next = next.checked_add(b.len_bytes())?.checked_next_multiple_of(BATCH_ALIGN)?;
+    (*next <= end).then_some(at)
+}
+
+/// Points `w`'s fetch points at their trap slots: the ring's (`region` `None`) or a fetch
+/// region's. `None` if there are more than the slots.
+fn point_at_traps(w: &mut ScannedWorkload, shadow_base: u64, engine: Engine, region: Option<usize>) -> Option<()> {
+    let traps: Vec<u64> =
+        (0..w.fetches.len()).map(|i| trap_addr(shadow_base, engine, region, i)).collect::<Option<_>>()?;
+    w.relocate_fetches(|i| traps.get(i).copied().unwrap_or(NOWHERE));
+    Some(())
+}
+
 fn stage_tree(t: &PlacedTree, stage: &mut Stage<'_>) -> Result<(), String> {
     for (b, &at) in t.tree.batches.iter().zip(&t.addrs) {
         stage(at, &b.dwords)?;
@@ -266,22 +271,14 @@ pub fn place(shadow_base: u64, engine: Engine, job: &mut HostJob<'_>, stage: &mu
         let Some(f) = job.fetcher.as_ref() else {
             return Err("the workload fetches batches but the job has no fetcher".into());
         };
-        let mut traps = Vec::with_capacity(job.ring.fetches.len());
-        for i in 0..job.ring.fetches.len() {
-            traps.push(trap_addr(shadow_base, engine, None, i).ok_or("too many batch starts in the ring")?);
-        }
-        job.ring.relocate_fetches(|i| traps.get(i).copied().unwrap_or(NOWHERE));
+        point_at_traps(job.ring, shadow_base, engine, None).ok_or("too many batch starts in the ring")?;
         // A run that resumes a preempted one resumes in the batches it had fetched.
         for t in f.live.regions.iter().flatten() {
             stage_tree(t, stage)?;
         }
     }
     let mut next = base + BATCH_OFF;
-    let mut bump = |b: &ShadowBuffer| -> Option<u64> {
-        let at = next;
-        next = next.checked_add(b.len_bytes())?.checked_next_multiple_of(BATCH_ALIGN)?;
-        (next <= end).then_some(at)
-    };
+    let mut bump = |b: &ShadowBuffer| bump(&mut next, end, b);
     let mut overflow = false;
     job.ring.relocate(|_, b| {
         bump(b).unwrap_or_else(|| {

@@ -314,9 +314,8 @@ impl HostGpu for SimGpu {
         if let Some(a) = abort {
             a.store(false, std::sync::atomic::Ordering::Release);
         }
-        let HostJob { ring, context, legacy32, preempt, timeout_ns, fetcher, .. } = job;
+        let HostJob { ring, context, legacy32, preempt, timeout_ns, mut fetcher, .. } = job;
         let (shadow_base, mem) = (self.shadow_base(), &self.mem);
-        let mut fetcher = fetcher;
         let mut resolve = |addr: u64| -> Result<Option<(u64, u64)>, Stop> {
             if !placement::is_trap(shadow_base, engine, addr) {
                 return Ok(None);
